@@ -1,0 +1,45 @@
+# Daily habits. `make install` creates .venv with the pinned CPU torch first, then the project.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+CONFIG ?= configs/quickstart.yaml
+
+.PHONY: install quickstart test test-fast lint format bench bench-data variants clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install $(TORCH_SPEC)
+	$(PY) -m pip install -e ".[dev]"
+	touch $@
+
+quickstart: install
+	$(PY) -m resnest_pl.cli fit --config $(CONFIG)
+
+test: install
+	$(PY) -m pytest -n 2 --durations=15
+
+test-fast: install
+	$(PY) -m pytest -n 2 -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+variants: install
+	$(PY) -m resnest_pl.models
+
+bench: install
+	$(PY) benchmarks/model_speed.py
+
+bench-data: install
+	$(PY) benchmarks/data_speed.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,23 @@
+"""ResNeSt backbones (torch/torchvision only, so it runs anywhere torch does)."""
+
+from .config import ResNeStConfig
+from .registry import VARIANTS, Variant, create_model, get_variant, list_models
+from .resnest import Bottleneck, FeatureInfo, ResNeSt
+from .splat import RadixSoftmax, SplitAttentionConv2d
+from .weights import IncompatibleCheckpointError, load_pretrained
+
+__all__ = [
+    "VARIANTS",
+    "Bottleneck",
+    "FeatureInfo",
+    "IncompatibleCheckpointError",
+    "RadixSoftmax",
+    "ResNeSt",
+    "ResNeStConfig",
+    "SplitAttentionConv2d",
+    "Variant",
+    "create_model",
+    "get_variant",
+    "list_models",
+    "load_pretrained",
+]

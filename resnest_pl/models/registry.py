@@ -1,0 +1,138 @@
+"""Named variants as data, ``create_model`` and ``list_models``."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from os import PathLike
+
+from .config import ResNeStConfig
+from .resnest import ResNeSt
+from .weights import load_pretrained
+
+OFFICIAL_URL = "https://github.com/zhanghang1989/ResNeSt/releases/download/weights_step1/{file}"
+TIMM_URL = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-resnest/{file}"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A published architecture: its configuration, crops and official weights."""
+
+    name: str
+    arch: dict = field(default_factory=dict)
+    train_crop: int = 224
+    eval_crop: int = 224
+    weights_url: str | None = None
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def config(self) -> ResNeStConfig:
+        return ResNeStConfig(**self.arch)
+
+
+def _fast(setting: str, radix: int, cardinality: int, width: int, sha: str, alias: str | None = None) -> Variant:
+    name = f"resnest50_fast_{setting}"
+    return Variant(
+        name,
+        dict(radix=radix, cardinality=cardinality, bottleneck_width=width, avd_first=True),
+        weights_url=OFFICIAL_URL.format(file=f"{name}-{sha}.pth"),
+        aliases=(alias,) if alias else (),
+    )
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in [
+        Variant(
+            "resnest14d",
+            dict(layers=(1, 1, 1, 1)),
+            weights_url=TIMM_URL.format(file="gluon_resnest14-9c8fe254.pth"),
+        ),
+        Variant(
+            "resnest26d",
+            dict(layers=(2, 2, 2, 2)),
+            weights_url=TIMM_URL.format(file="gluon_resnest26-50eb607c.pth"),
+        ),
+        Variant(
+            "resnest50",
+            dict(layers=(3, 4, 6, 3)),
+            weights_url=OFFICIAL_URL.format(file="resnest50-528c19ca.pth"),
+            aliases=("resnest50d",),
+        ),
+        Variant(
+            "resnest101",
+            dict(layers=(3, 4, 23, 3), stem_width=64),
+            eval_crop=256,
+            weights_url=OFFICIAL_URL.format(file="resnest101-22405ba7.pth"),
+            aliases=("resnest101e",),
+        ),
+        Variant(
+            "resnest200",
+            dict(layers=(3, 24, 36, 3), stem_width=64),
+            train_crop=256,
+            eval_crop=320,
+            weights_url=OFFICIAL_URL.format(file="resnest200-75117900.pth"),
+            aliases=("resnest200e",),
+        ),
+        Variant(
+            "resnest269",
+            dict(layers=(3, 30, 48, 8), stem_width=64),
+            train_crop=320,
+            eval_crop=416,
+            weights_url=OFFICIAL_URL.format(file="resnest269-0cc87c48.pth"),
+            aliases=("resnest269e",),
+        ),
+        _fast("1s1x64d", 1, 1, 64, "d8fbf808"),
+        _fast("2s1x64d", 2, 1, 64, "44938639"),
+        _fast("4s1x64d", 4, 1, 64, "f74f3fc3"),
+        _fast("1s2x40d", 1, 2, 40, "32830b84"),
+        _fast("2s2x40d", 2, 2, 40, "9d126481"),
+        _fast("4s2x40d", 4, 2, 40, "41d14ed0", alias="resnest50d_4s2x40d"),
+        _fast("1s4x24d", 1, 4, 24, "d4a4f76f", alias="resnest50d_1s4x24d"),
+    ]
+}
+ALIASES: dict[str, str] = {alias: v.name for v in VARIANTS.values() for alias in v.aliases}
+
+
+def list_models(include_aliases: bool = False) -> list[str]:
+    """Names accepted by :func:`create_model`, in the paper's order."""
+    names = list(VARIANTS)
+    return names + sorted(ALIASES) if include_aliases else names
+
+
+def get_variant(name: str) -> Variant:
+    """The variant called ``name`` (or one of its timm aliases)."""
+    canonical = ALIASES.get(name, name)
+    if canonical not in VARIANTS:
+        known = list_models(include_aliases=True)
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}.{hint} Available: {', '.join(list_models())}")
+    return VARIANTS[canonical]
+
+
+def create_model(
+    name: str,
+    num_classes: int = 1000,
+    pretrained: bool | str | PathLike = False,
+    **overrides: object,
+) -> ResNeSt:
+    """Build a named variant, optionally with weights.
+
+    Args:
+        name: a name from :func:`list_models` or a timm alias (``resnest50d``, ``resnest101e``, ...).
+        num_classes: classifier outputs; pretrained weights for another class count keep their
+            trunk and get a freshly initialised classifier.
+        pretrained: ``True`` for the official weights (downloaded once into the torch.hub cache and
+            checked against their sha256 prefix), or a local file / URL of a state dict or checkpoint.
+        **overrides: any :class:`ResNeStConfig` field, e.g. ``radix=4``, ``output_stride=8``.
+    """
+    variant = get_variant(name)
+    cfg = variant.config.replace(**overrides)
+    model = ResNeSt(cfg, num_classes=num_classes)
+    if pretrained:
+        source = variant.weights_url if pretrained is True else pretrained
+        if source is None:
+            raise ValueError(f"no official weights are published for {name!r}; pass a file or URL instead")
+        load_pretrained(model, source)
+    return model

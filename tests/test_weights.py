@@ -1,0 +1,103 @@
+"""``pretrained=``: local files, URLs through the torch.hub cache, checkpoints, new heads, bad files."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnest_pl.models import IncompatibleCheckpointError, create_model, get_variant
+
+from .helpers import TINY, tiny_model
+
+
+def _same_trunk(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return all(torch.equal(v, sb[k]) for k, v in sa.items() if not k.startswith("fc."))
+
+
+def test_local_state_dict_loads_exactly(tmp_path: Path) -> None:
+    source = tiny_model().eval()
+    torch.save(source.state_dict(), tmp_path / "w.pth")
+    loaded = create_model("resnest14d", num_classes=10, pretrained=tmp_path / "w.pth", **TINY).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), source(x))
+
+
+def test_other_class_count_keeps_trunk_and_reinitialises_head(tmp_path: Path) -> None:
+    source = tiny_model(num_classes=1000)
+    torch.save(source.state_dict(), tmp_path / "imagenet.pth")
+    loaded = tiny_model(num_classes=7, pretrained=str(tmp_path / "imagenet.pth"))
+    assert loaded.fc.out_features == 7
+    assert _same_trunk(loaded, source)
+
+
+def test_lightning_and_ddp_checkpoints_are_unwrapped(tmp_path: Path) -> None:
+    source = tiny_model()
+    wrapped = {f"model.module.{k}": v for k, v in source.state_dict().items()}
+    torch.save({"state_dict": wrapped, "epoch": 3}, tmp_path / "last.ckpt")
+    assert _same_trunk(tiny_model(pretrained=tmp_path / "last.ckpt"), source)
+
+
+def test_url_goes_through_the_hub_cache_with_its_hash_checked(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    source = tiny_model()
+    raw = tmp_path / "raw.pth"
+    torch.save(source.state_dict(), raw)
+    digest = hashlib.sha256(raw.read_bytes()).hexdigest()
+    good = tmp_path / f"tiny-{digest[:8]}.pth"
+    good.write_bytes(raw.read_bytes())
+    assert _same_trunk(tiny_model(pretrained=good.as_uri()), source)
+    assert (tmp_path / "hub" / "hub" / "checkpoints" / good.name).is_file()
+
+    bad = tmp_path / "tiny-00000000.pth"
+    bad.write_bytes(raw.read_bytes())
+    with pytest.raises(OSError, match="sha256"):
+        tiny_model(pretrained=bad.as_uri())
+
+
+def test_pretrained_true_uses_the_official_url(monkeypatch) -> None:
+    seen = {}
+    state = create_model("resnest50").state_dict()
+
+    def fake_download(url: str, **kwargs: object) -> dict:
+        seen.update(url=url, **kwargs)
+        return state
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
+    create_model("resnest50", pretrained=True)
+    assert seen["url"] == get_variant("resnest50").weights_url
+    assert seen["url"].endswith("resnest50-528c19ca.pth") and seen["check_hash"] is True
+
+
+def test_unreachable_url_says_how_to_get_around_it(monkeypatch) -> None:
+    def offline(url: str, **kwargs: object) -> dict:
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(OSError, match="download the file by hand and pass its local path"):
+        create_model("resnest50", pretrained=True)
+
+
+def test_incompatible_architecture_is_named(tmp_path: Path) -> None:
+    torch.save(tiny_model(radix=4).state_dict(), tmp_path / "r4.pth")
+    with pytest.raises(IncompatibleCheckpointError, match=r"wrong shape.*same variant and overrides"):
+        tiny_model(pretrained=tmp_path / "r4.pth")
+    torch.save(tiny_model(name="resnest26d").state_dict(), tmp_path / "26.pth")
+    with pytest.raises(IncompatibleCheckpointError, match="unexpected"):
+        tiny_model(pretrained=tmp_path / "26.pth")
+
+
+def test_missing_and_corrupt_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        tiny_model(pretrained=tmp_path / "nope.pth")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(IncompatibleCheckpointError, match="not a readable PyTorch checkpoint"):
+        tiny_model(pretrained=garbage)
+    torch.save({"epoch": 1}, tmp_path / "empty.pth")
+    with pytest.raises(IncompatibleCheckpointError, match="holds no tensors"):
+        tiny_model(pretrained=tmp_path / "empty.pth")
