@@ -156,7 +156,7 @@ class ResNeSt(nn.Module):
         self.maxpool: nn.Module = nn.Identity() if cfg.small_input else nn.MaxPool2d(3, stride=2, padding=1)
 
         stride_so_far = 1 if cfg.small_input else 4
-        self.feature_info: list[FeatureInfo] = []
+        feature_info = []
         for index, (planes, blocks, (stride, dilation)) in enumerate(
             zip(cfg.stage_planes, cfg.layers, _stage_geometry(cfg.output_stride), strict=True), start=1
         ):
@@ -165,8 +165,9 @@ class ResNeSt(nn.Module):
             self.add_module(f"layer{index}", stage)
             inplanes = planes * EXPANSION
             stride_so_far *= stride
-            self.feature_info.append(FeatureInfo(f"C{index + 1}", f"layer{index}", inplanes, stride_so_far))
+            feature_info.append(FeatureInfo(f"C{index + 1}", f"layer{index}", inplanes, stride_so_far))
 
+        self.feature_info = feature_info
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(cfg.final_drop) if cfg.final_drop > 0 else nn.Identity()
         self.num_features = inplanes
@@ -226,6 +227,7 @@ class ResNeSt(nn.Module):
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.maxpool(self.act1(self.bn1(self.conv1(x))))
 
+    @torch.jit.export
     def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Stage outputs ``C2``..``C5`` (see ``feature_info`` for channels and strides)."""
         x = self.forward_stem(x)
