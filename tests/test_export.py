@@ -59,3 +59,11 @@ def test_onnx_export_runs_in_onnxruntime_with_a_dynamic_batch(tmp_path: Path) ->
     (logits,) = session.run(None, {"images": x.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(logits, model(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_torchscript_of_a_model_trained_with_dropblock() -> None:
+    model = tiny_model(dropblock_prob=0.1).eval()
+    scripted = torch.jit.script(model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x))

@@ -214,3 +214,9 @@ def test_headless_model_returns_pooled_features() -> None:
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, model.num_features)
     model.reset_classifier(5)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+
+
+def test_dropblock_works_on_maps_smaller_than_its_block() -> None:
+    model = tiny_model(dropblock_prob=0.3, small_input=False).train()  # stage 4 of a 32 px input is 1x1
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert model(torch.randn(2, 3, 64, 64)).isfinite().all()  # 2x2 at stage 4: an even size, shrunk to 1

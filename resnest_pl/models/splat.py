@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import DropBlock2d
+from torchvision.ops import DropBlock2d, drop_block2d
 
 
 def attention_channels(channels: int, radix: int, reduction: int = 4, min_channels: int = 32) -> int:
@@ -112,10 +112,30 @@ class SplitAttentionConv2d(nn.Module):
         return x * weights
 
 
+class DropBlock(DropBlock2d):
+    """torchvision's DropBlock2d that also works on maps smaller than its block.
+
+    torchvision shrinks the block to the map's side and then rejects an even size, so a 2x2 map
+    (stage 4 of a small input) fails; here the block shrinks to the largest odd size that fits.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return input
+        return self._drop(input)
+
+    @torch.jit.unused
+    def _drop(self, input):  # unannotated: TorchScript cannot resolve postponed annotations on unused methods
+        # drop_block2d cannot be scripted; eval-mode scripted models never reach it.
+        block = min(self.block_size, input.shape[-2], input.shape[-1])
+        block -= 1 - block % 2
+        return drop_block2d(input, self.p, block, self.inplace, self.eps, self.training)
+
+
 def make_dropblock(prob: float, block_size: int) -> nn.Module:
-    """torchvision's DropBlock2d when enabled; an identity otherwise (keeps graphs lean)."""
+    """A DropBlock layer when enabled; an identity otherwise (keeps graphs lean)."""
     if prob < 0.0 or prob > 1.0:
         raise ValueError(f"dropblock_prob must lie in [0, 1], got {prob}")
     if prob == 0.0:
         return nn.Identity()
-    return DropBlock2d(prob, block_size)
+    return DropBlock(prob, block_size)
