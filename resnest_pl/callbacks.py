@@ -1,0 +1,102 @@
+"""Training callbacks: the paper's DropBlock ramp and an image-throughput monitor.
+
+Enable them from a LightningCLI config under ``trainer.callbacks``::
+
+    trainer:
+      callbacks:
+        - class_path: resnest_pl.callbacks.DropBlockSchedule
+        - class_path: resnest_pl.callbacks.ImageThroughputMonitor
+          init_args: {window_size: 50}
+
+The weight EMA needs no entry here: ``model.ema_decay`` makes :class:`~resnest_pl.module.ResNeStClassifier`
+attach Lightning's ``EMAWeightAveraging``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback, ThroughputMonitor
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+from torchvision.ops import DropBlock2d
+
+# torch.compile keeps 8 compiled versions of a frame; the eval-mode graph takes one of them.
+MAX_COMPILED_INCREMENTS = 6
+
+
+class DropBlockSchedule(Callback):
+    """Raise every ``DropBlock2d``'s drop probability linearly from 0 at the first optimizer step to its
+    target at the last one (the paper ramps 0 -> 0.1 over training).
+
+    The targets are the probabilities the layers were built with (``model_overrides.dropblock_prob``)
+    unless ``target`` overrides them. The probability follows ``trainer.global_step``, so a resumed run
+    continues the ramp where it stopped.
+
+    Args:
+        target: final probability of every DropBlock layer; ``None`` keeps each layer's own.
+        increments: move the probability in this many equal increments instead of at every step. A
+            ``torch.compile``-d backbone recompiles for every new probability and falls back to eager
+            after 8 versions, so with ``compile=True`` use at most 6.
+    """
+
+    def __init__(self, target: float | None = None, increments: int | None = None) -> None:
+        if target is not None and not 0.0 <= target <= 1.0:
+            raise ValueError(f"target must lie in [0, 1]; got {target}")
+        if increments is not None and increments < 1:
+            raise ValueError(f"increments must be >= 1 (or None for every step); got {increments}")
+        self.target = target
+        self.increments = increments
+        self._blocks: list[DropBlock2d] = []
+        self._targets: list[float] = []
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        blocks = [m for m in pl_module.modules() if isinstance(m, DropBlock2d)]
+        if not blocks:
+            raise ValueError(
+                "DropBlockSchedule found no DropBlock layers in the model; build it with "
+                "model_overrides: {dropblock_prob: 0.1} or remove the callback"
+            )
+        if len(self._targets) != len(blocks):
+            self._targets = [m.p if self.target is None else self.target for m in blocks]
+        self._blocks = blocks
+        if pl_module.hparams.get("compile") and (self.increments is None or self.increments > MAX_COMPILED_INCREMENTS):
+            rank_zero_warn(
+                "DropBlockSchedule changes the drop probability of a compiled model, which recompiles it for each "
+                f"new value; set increments <= {MAX_COMPILED_INCREMENTS} to keep it compiled"
+            )
+
+    def fraction(self, step: int, total_steps: int) -> float:
+        """Share of the target reached at optimizer step ``step`` of ``total_steps``."""
+        share = min(1.0, step / max(1, total_steps - 1))
+        if self.increments:
+            share = math.floor(share * self.increments) / self.increments
+        return share
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        share = self.fraction(trainer.global_step, int(trainer.estimated_stepping_batches))
+        for block, target in zip(self._blocks, self._targets, strict=True):
+            block.p = target * share
+
+
+def images_in_batch(batch: Any) -> int:
+    """Batch size of a batch whose first element is the image tensor."""
+    return int(batch[0].shape[0])
+
+
+class ImageThroughputMonitor(ThroughputMonitor):
+    """Lightning's ``ThroughputMonitor`` for image batches.
+
+    Logs ``train/device/samples_per_sec`` (images/s per device; ``train/samples_per_sec`` in total
+    under DDP), the same for ``validate``, and FLOP/s plus MFU (``train/device/mfu``) when the module has
+    ``flops_per_batch`` (``ResNeStClassifier`` measures it with ``torch.utils.flop_counter``) and Lightning
+    knows the device's peak (CUDA GPUs). Rates appear once ``window_size`` batches have been seen.
+    """
+
+    def __init__(self, window_size: int = 50, separator: str = "/") -> None:
+        super().__init__(batch_size_fn=images_in_batch, window_size=window_size, separator=separator)

@@ -1,0 +1,352 @@
+"""``ResNeStClassifier``: the paper's ImageNet training recipe as a LightningModule."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from lightning_fabric.utilities.throughput import measure_flops
+from pytorch_lightning.callbacks import Callback, EMAWeightAveraging
+from pytorch_lightning.cli import OptimizerCallable
+from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch import nn
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from .mixing import BatchMixer
+from .models import IncompatibleCheckpointError, create_model
+from .schedules import REFERENCE_BATCH, linear_scaled_lr, warmup_cosine_scheduler
+
+# Parameters of these layers are never weight-decayed (the paper decays conv and linear weights only).
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
+
+
+class NesterovSGD(torch.optim.SGD):
+    """SGD with the paper's settings as defaults: lr 0.1 per 256 images, Nesterov momentum 0.9, weight decay 1e-4."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        nesterov: bool = True,
+    ) -> None:
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+
+
+def optimizer_spec(optimizer: Any) -> dict[str, Any] | None:
+    """``{"class_path", "init_args"}`` of an optimizer class or ``functools.partial`` of one (the form
+    LightningCLI stores), so that checkpoints hold no pickled code and load with ``weights_only=True``;
+    ``None`` for any other callable."""
+    init_args: dict[str, Any] = {}
+    if isinstance(optimizer, functools.partial) and not optimizer.args:
+        optimizer, init_args = optimizer.func, dict(optimizer.keywords)
+    if not isinstance(optimizer, type):
+        return None
+    return {"class_path": f"{optimizer.__module__}.{optimizer.__qualname__}", "init_args": init_args}
+
+
+def optimizer_from_spec(spec: Mapping[str, Any]) -> OptimizerCallable:
+    """The optimizer callable described by :func:`optimizer_spec`'s output."""
+    module, _, name = spec["class_path"].rpartition(".")
+    return functools.partial(getattr(importlib.import_module(module), name), **spec.get("init_args", {}))
+
+
+def parameter_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """Two optimizer groups: weights to decay, and normalisation parameters, biases and any other
+    1-d parameter with ``weight_decay=0``. Chosen by layer type and shape, not by name, so the stem's
+    and the shortcuts' BatchNorms are found too."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            (no_decay if isinstance(module, NORM_LAYERS) or param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
+
+
+def global_batch_size(trainer: pl.Trainer) -> int:
+    """Images per optimizer step: per-device batch x devices x nodes x gradient accumulation."""
+    loader = trainer.train_dataloader
+    per_device = getattr(loader, "batch_size", None) or getattr(
+        getattr(loader, "batch_sampler", None), "batch_size", None
+    )
+    if not per_device:
+        raise ValueError(
+            "cannot read the batch size of the training DataLoader to scale the learning rate; give the "
+            "total learning rate in the optimizer and set model.scale_lr=false"
+        )
+    return int(per_device) * trainer.world_size * trainer.accumulate_grad_batches
+
+
+def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """Top-1 and top-5 accuracy over all samples (top-k clipped to the number of classes)."""
+    return MetricCollection(
+        {
+            "acc1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+            "acc5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+        },
+        prefix=prefix,
+    )
+
+
+class ResNeStClassifier(pl.LightningModule):
+    """Image classification with a ResNeSt backbone and the paper's training recipe.
+
+    Batches are ``(images, targets)`` or ``(images, targets, num_skipped)`` for fit/validate/test and
+    ``(images, indices)`` for predict.
+
+    Args:
+        model_name: a name from ``resnest_pl.models.list_models()``.
+        num_classes: classifier outputs; must match the data.
+        pretrained: ``True`` for the published weights, or a file / URL (a Lightning checkpoint works too);
+            a classifier of another size is re-initialised, so this is how to fine-tune on new classes.
+        model_overrides: architecture options passed to ``create_model`` (radix, dropblock_prob, ...).
+        optimizer: builds the optimizer from parameter groups; its ``lr`` is per 256 images when
+            ``scale_lr``. Defaults to the paper's Nesterov SGD (lr 0.1, momentum 0.9, weight decay 1e-4).
+        scale_lr: multiply the optimizer's lr (and ``min_lr``) by global batch / 256, the global batch being
+            per-device batch x devices x nodes x ``accumulate_grad_batches``.
+        warmup_epochs: linear warmup from 0 (may be fractional); then cosine decay to ``min_lr``, per step.
+        min_lr: final learning rate, in the optimizer's lr units.
+        label_smoothing: smoothing of the training targets.
+        mixup_alpha: Mixup Beta parameter (0 = off; the paper uses 0.2).
+        cutmix_alpha: CutMix Beta parameter (0 = off).
+        mix_prob: probability of mixing a batch when Mixup or CutMix is on.
+        switch_prob: probability of CutMix rather than Mixup when both are on.
+        mix_off_epochs: train the last this-many epochs without mixing.
+        ema_decay: keep an exponential moving average of the weights (e.g. 0.9998) through Lightning's
+            ``EMAWeightAveraging``; validation and the final weights use it. ``None`` = off.
+        channels_last: NHWC memory format for weights and inputs. Measure before using it on GPUs: cuDNN's
+            NHWC kernels for grouped convolutions made resnest50d much slower in timm's benchmarks.
+        compile: ``torch.compile`` the backbone in place at setup (checkpoint keys stay the backbone's). With
+            ``DropBlockSchedule`` set its ``increments`` (each new drop probability recompiles).
+    """
+
+    def __init__(
+        self,
+        model_name: str = "resnest50",
+        num_classes: int = 1000,
+        pretrained: bool | str = False,
+        model_overrides: dict[str, Any] | None = None,
+        optimizer: OptimizerCallable = NesterovSGD,
+        scale_lr: bool = True,
+        warmup_epochs: float = 5.0,
+        min_lr: float = 0.0,
+        label_smoothing: float = 0.1,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mix_prob: float = 1.0,
+        switch_prob: float = 0.5,
+        mix_off_epochs: int = 0,
+        ema_decay: float | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2; got {num_classes}")
+        if warmup_epochs < 0 or min_lr < 0 or mix_off_epochs < 0:
+            raise ValueError(
+                "warmup_epochs, min_lr and mix_off_epochs must be >= 0; "
+                f"got {warmup_epochs}, {min_lr}, {mix_off_epochs}"
+            )
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in (0, 1), e.g. 0.9998, or be null to disable; got {ema_decay}")
+        if isinstance(optimizer, Mapping):
+            optimizer = optimizer_from_spec(optimizer)
+        self.optimizer_factory = optimizer
+        self.model = create_model(model_name, num_classes=num_classes, pretrained=pretrained, **(model_overrides or {}))
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.mixer = BatchMixer(num_classes, mixup_alpha, cutmix_alpha, mix_prob, switch_prob, label_smoothing)
+        self.val_metrics = accuracy_metrics(num_classes, "val/")
+        self.test_metrics = accuracy_metrics(num_classes, "test/")
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
+        self._mix_seed = 0
+        self._compiled = False
+        self._input_shape: tuple[int, ...] | None = None
+        self._flops: dict[tuple[tuple[int, ...], bool], int] = {}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.model(images)
+
+    # ---- setup -------------------------------------------------------------------------------------------
+
+    def configure_callbacks(self) -> list[Callback]:
+        if self.hparams.ema_decay is None:
+            return []
+        return [EMAWeightAveraging(decay=self.hparams.ema_decay)]
+
+    def setup(self, stage: str) -> None:
+        data_classes = getattr(self.trainer.datamodule, "num_classes", None)
+        if data_classes is not None and data_classes != self.hparams.num_classes:
+            raise ValueError(
+                f"the data has {data_classes} classes but the model was built with num_classes="
+                f"{self.hparams.num_classes}; set model.num_classes={data_classes}"
+            )
+        if stage == "fit":
+            if self.hparams.mix_off_epochs and self.trainer.max_epochs in (None, -1):
+                raise ValueError("mix_off_epochs counts back from trainer.max_epochs; set max_epochs")
+            # Mixing draws from a generator seeded by (this seed, rank, epoch, batch), so a resumed run
+            # mixes exactly like an uninterrupted one.
+            self._mix_seed = torch.initial_seed()
+        # After the callbacks' setup, so EMAWeightAveraging deep-copies the uncompiled backbone.
+        if self.hparams.compile and not self._compiled:
+            self.model.compile()
+            self._compiled = True
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        if self.trainer.train_dataloader is None:
+            self.trainer.fit_loop.setup_data()  # the batch size and epoch length come from the DataLoader
+        total_steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps):
+            raise ValueError("the learning-rate schedule needs a finite length; set trainer.max_epochs or max_steps")
+        optimizer = self.optimizer_factory(parameter_groups(self.model))
+        lr = optimizer.param_groups[0]["lr"]
+        if self.hparams.min_lr > lr:
+            raise ValueError(f"min_lr ({self.hparams.min_lr}) exceeds the optimizer's lr ({lr}); lower min_lr")
+        if self.hparams.scale_lr:
+            batch = global_batch_size(self.trainer)
+            for group in optimizer.param_groups:
+                group["lr"] = linear_scaled_lr(group["lr"], batch)
+            rank_zero_info(
+                f"learning rate {lr:g} per {REFERENCE_BATCH} images x global batch {batch} = "
+                f"{optimizer.param_groups[0]['lr']:g}"
+            )
+        warmup_steps = 0
+        if self.hparams.warmup_epochs:
+            batches = self.trainer.num_training_batches
+            if not math.isfinite(batches):
+                raise ValueError("warmup_epochs needs a training DataLoader with a length; set warmup_epochs=0")
+            steps_per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches)
+            warmup_steps = round(self.hparams.warmup_epochs * steps_per_epoch)
+        final_ratio = self.hparams.min_lr / lr if lr > 0 else 0.0
+        scheduler = warmup_cosine_scheduler(optimizer, warmup_steps, int(total_steps), final_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    # ---- steps -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        images, targets, *rest = batch
+        return images, targets, rest[0] if rest else None
+
+    def _mixing_active(self) -> bool:
+        if not self.mixer.enabled:
+            return False
+        if not self.hparams.mix_off_epochs:
+            return True
+        return self.current_epoch < self.trainer.max_epochs - self.hparams.mix_off_epochs
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        images, targets, skipped = self._unpack(batch)
+        self._input_shape = tuple(images.shape)
+        if self._mixing_active():
+            rng = np.random.default_rng([self._mix_seed, self.global_rank, self.current_epoch, batch_idx])
+            images, soft_targets = self.mixer(images, targets, rng)
+            loss = F.cross_entropy(self(images).float(), soft_targets)
+        else:
+            loss = F.cross_entropy(self(images).float(), targets, label_smoothing=self.hparams.label_smoothing)
+        size = images.shape[0]
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self.log("train/lr", lr, on_step=True, on_epoch=False, batch_size=size)
+        self._log_skipped("data/skipped_images", skipped, size)
+        return loss
+
+    def _evaluate(self, batch: Any, stage: str) -> None:
+        images, targets, skipped = self._unpack(batch)
+        self._input_shape = tuple(images.shape)
+        logits = self(images).float()
+        metrics, loss = (self.val_metrics, self.val_loss) if stage == "val" else (self.test_metrics, self.test_loss)
+        loss.update(F.cross_entropy(logits, targets), weight=images.shape[0])
+        metrics.update(logits, targets)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        self._log_skipped(f"{stage}/skipped_images", skipped, images.shape[0])
+
+    def _log_skipped(self, key: str, skipped: torch.Tensor | None, size: int) -> None:
+        if skipped is not None:
+            count = skipped.float().sum()
+            self.log(key, count, on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True, batch_size=size)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Class probabilities of ``(images, indices)`` batches, returned with their dataset indices."""
+        images, indices = batch
+        return {"indices": indices, "probs": self(images).float().softmax(dim=-1)}
+
+    # ---- checkpoints -------------------------------------------------------------------------------------
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        weight = checkpoint.get("state_dict", {}).get("model.fc.weight")
+        if weight is not None and weight.shape[0] != self.hparams.num_classes:
+            raise IncompatibleCheckpointError(
+                f"the checkpoint's classifier has {weight.shape[0]} classes but this model has "
+                f"{self.hparams.num_classes}; to fine-tune on {self.hparams.num_classes} classes, start a new run "
+                "with model.pretrained=<checkpoint> (keeps the trunk, new classifier) instead of resuming it "
+                "with --ckpt_path"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        if not hparams:
+            return
+        # The weights are in the checkpoint: loading it must not fetch the pretrained source again.
+        if hparams.get("pretrained"):
+            hparams["pretrained"] = False
+        if callable(hparams.get("optimizer")):
+            spec = optimizer_spec(hparams.pop("optimizer"))
+            if spec is None:
+                rank_zero_warn(
+                    "the optimizer is neither a class nor a functools.partial of one, so the checkpoint cannot "
+                    "record it; pass optimizer=... again when loading it to train further"
+                )
+            else:
+                hparams["optimizer"] = spec
+        checkpoint["hyper_parameters"] = hparams
+
+    # ---- throughput --------------------------------------------------------------------------------------
+
+    @property
+    def flops_per_batch(self) -> int | None:
+        """FLOPs of one step on the last batch shape seen (forward + backward in training, forward
+        otherwise), counted by ``torch.utils.flop_counter`` on a meta-device copy; read by
+        ``ImageThroughputMonitor`` for FLOP/s and MFU."""
+        if self._input_shape is None:
+            return None
+        key = (self._input_shape, self.training)
+        if key not in self._flops:
+            # ThroughputMonitor asks from inside inference_mode; counting the backward needs autograd.
+            with torch.inference_mode(False), torch.enable_grad(), torch.device("meta"):
+                model = create_model(
+                    self.hparams.model_name,
+                    num_classes=self.hparams.num_classes,
+                    **(self.hparams.model_overrides or {}),
+                )
+                images = torch.empty(self._input_shape)
+                model.train(self.training)
+                loss_fn = torch.Tensor.sum if self.training else None
+                self._flops[key] = measure_flops(model, lambda: model(images), loss_fn)
+        return self._flops[key]

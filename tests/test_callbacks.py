@@ -1,0 +1,154 @@
+"""DropBlock ramp and image-throughput monitor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers.logger import Logger
+from torch.utils.data import DataLoader, TensorDataset
+from torchvision.ops import DropBlock2d
+
+from resnest_pl.callbacks import DropBlockSchedule, ImageThroughputMonitor, images_in_batch
+from resnest_pl.models import create_model
+from resnest_pl.models.complexity import count_macs
+from resnest_pl.module import ResNeStClassifier
+
+TINY = dict(width_multiplier=0.25, stem_width=8, small_input=True, min_attn_channels=8)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def random_loader(n: int, size: int, batch_size: int = 8) -> DataLoader:
+    gen = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(n, 3, size, size, generator=gen), torch.randint(0, 4, (n,), generator=gen))
+    return DataLoader(data, batch_size=batch_size)
+
+
+def make_trainer(**kwargs: Any) -> pl.Trainer:
+    options: dict[str, Any] = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    options.update(kwargs)
+    return pl.Trainer(**options)
+
+
+def dropblock_module(prob: float = 0.1, **kwargs: Any) -> ResNeStClassifier:
+    # 24 px keeps the layer-3/4 maps (6x6, 3x3) at least as large as the 3x3 blocks.
+    return ResNeStClassifier("resnest14d", num_classes=4, model_overrides={**TINY, "dropblock_prob": prob}, **kwargs)
+
+
+class RecordDropProb(Callback):
+    """The drop probabilities in force for each training batch (runs after the schedule)."""
+
+    def __init__(self) -> None:
+        self.probs: list[list[float]] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any) -> None:
+        self.probs.append([m.p for m in pl_module.modules() if isinstance(m, DropBlock2d)])
+
+
+def test_fraction_is_linear_from_first_to_last_step() -> None:
+    schedule = DropBlockSchedule()
+    assert schedule.fraction(0, 11) == 0.0
+    assert schedule.fraction(5, 11) == pytest.approx(0.5)
+    assert schedule.fraction(10, 11) == 1.0
+    assert schedule.fraction(50, 11) == 1.0
+    stepped = DropBlockSchedule(increments=4)
+    assert [stepped.fraction(s, 9) for s in range(9)] == [0, 0, 0.25, 0.25, 0.5, 0.5, 0.75, 0.75, 1.0]
+
+
+def test_ramp_reaches_the_configured_probability() -> None:
+    model = dropblock_module(0.1)
+    record = RecordDropProb()
+    trainer = make_trainer(max_epochs=2, callbacks=[DropBlockSchedule(), record])
+    trainer.fit(model, random_loader(40, 24))  # 5 batches x 2 epochs = 10 steps
+
+    assert len(record.probs) == 10 and len(record.probs[0]) == 6  # 3 per block in layers 3 and 4
+    for step, probs in enumerate(record.probs):
+        assert probs == pytest.approx([0.1 * step / 9] * 6)
+    assert record.probs[-1] == pytest.approx([0.1] * 6)
+
+
+def test_explicit_target_overrides_the_built_probability() -> None:
+    model = dropblock_module(0.05)
+    trainer = make_trainer(max_steps=3, callbacks=[DropBlockSchedule(target=0.3)])
+    trainer.fit(model, random_loader(24, 24))
+    assert [m.p for m in model.modules() if isinstance(m, DropBlock2d)] == pytest.approx([0.3] * 6)
+
+
+def test_model_without_dropblock_is_reported() -> None:
+    model = ResNeStClassifier("resnest14d", num_classes=4, model_overrides=TINY)
+    with pytest.raises(ValueError, match="dropblock_prob"):
+        make_trainer(max_steps=1, callbacks=[DropBlockSchedule()]).fit(model, random_loader(8, 16))
+
+
+def test_compiled_model_warns_about_recompiles_unless_increments_are_few() -> None:
+    model = dropblock_module(compile=True)
+    with pytest.warns(UserWarning, match="increments"):
+        DropBlockSchedule().setup(None, model, "fit")  # type: ignore[arg-type]
+    with pytest.warns(UserWarning, match="increments"):
+        DropBlockSchedule(increments=20).setup(None, model, "fit")  # type: ignore[arg-type]
+    DropBlockSchedule(increments=6).setup(None, model, "fit")  # type: ignore[arg-type]
+
+
+def test_invalid_settings_are_rejected() -> None:
+    with pytest.raises(ValueError, match="target"):
+        DropBlockSchedule(target=2.0)
+    with pytest.raises(ValueError, match="increments"):
+        DropBlockSchedule(increments=0)
+
+
+class MemoryLogger(Logger):
+    def __init__(self) -> None:
+        super().__init__()
+        self.metrics: dict[str, float] = {}
+
+    @property
+    def name(self) -> str:
+        return "memory"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.metrics.update(metrics)
+
+
+def test_throughput_monitor_logs_images_and_flops_per_second() -> None:
+    logger = MemoryLogger()
+    model = ResNeStClassifier("resnest14d", num_classes=4, model_overrides=TINY)
+    trainer = make_trainer(
+        max_epochs=1, logger=logger, log_every_n_steps=1, callbacks=[ImageThroughputMonitor(window_size=2)]
+    )
+    trainer.fit(model, random_loader(32, 16), random_loader(24, 16))
+
+    assert logger.metrics["train/samples"] == 32
+    assert logger.metrics["train/device/samples_per_sec"] > 0
+    assert logger.metrics["train/device/flops_per_sec"] > 0
+    assert logger.metrics["validate/device/samples_per_sec"] > 0
+    assert images_in_batch((torch.zeros(5, 3, 2, 2), torch.zeros(5))) == 5
+
+    # The FLOPs behind those rates: a forward pass in eval mode, forward + backward in training.
+    model.eval()
+    forward = model.flops_per_batch
+    assert forward == 2 * count_macs(create_model("resnest14d", num_classes=4, **TINY), 16, batch_size=8)
+    model.train()
+    assert model.flops_per_batch > 2 * forward  # the backward pass is counted too
