@@ -1,0 +1,51 @@
+"""Data modules, datasets and transforms for image classification.
+
+Every train / val / test batch is ``(images, targets, num_skipped)`` and every predict batch
+``(images, indices)``; see :class:`ImageDataModule`.
+"""
+
+from .base import ImageDataModule
+from .cifar import CIFAR10DataModule, CIFAR100DataModule
+from .collate import SkipUnreadable
+from .datasets import ArrayDataset, ImageFileDataset
+from .decode import decode_image, read_image
+from .digits import DigitsDataModule
+from .errors import DataLayoutError, DatasetNotFoundError
+from .folder import IMAGE_EXTENSIONS, find_images, scan_class_folders
+from .image_folder import ImageFolderDataModule
+from .imagenet import ImageNetDataModule
+from .split import stratified_split
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageTransform,
+    eval_transform,
+    imagenet_train_transform,
+    pad_crop_train_transform,
+)
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_EXTENSIONS",
+    "ArrayDataset",
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "DataLayoutError",
+    "DatasetNotFoundError",
+    "DigitsDataModule",
+    "ImageDataModule",
+    "ImageFileDataset",
+    "ImageFolderDataModule",
+    "ImageNetDataModule",
+    "ImageTransform",
+    "SkipUnreadable",
+    "decode_image",
+    "eval_transform",
+    "find_images",
+    "imagenet_train_transform",
+    "pad_crop_train_transform",
+    "read_image",
+    "scan_class_folders",
+    "stratified_split",
+]

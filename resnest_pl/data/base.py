@@ -1,0 +1,160 @@
+"""The loader logic every data module shares: batch format, DataLoader options, splits built on demand, predict."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .collate import SkipUnreadable
+from .datasets import ImageFileDataset
+from .folder import find_images
+from .transforms import ImageTransform
+
+Split = Literal["train", "val", "test"]
+_STAGE_SPLITS: dict[str, tuple[Split, ...]] = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+
+
+class ImageDataModule(pl.LightningDataModule, ABC):
+    """Base of the image classification data modules.
+
+    Batches (the same for every data module):
+
+    - train / val / test: ``(images, targets, num_skipped)``: ``images`` float32 ``(N, 3, H, W)``, normalised
+      with ``mean`` / ``std``; ``targets`` int64 ``(N,)`` class indices; ``num_skipped`` an int64 scalar tensor,
+      the images of this batch that could not be read (each logged by path through ``logging``) and were
+      dropped, so ``N`` can be below ``batch_size`` (even 0, with images of shape ``(0, 3, H, W)``, when a whole
+      batch is unreadable). A module uses ``images, targets = batch[0], batch[1]``.
+    - predict: ``(images, indices)``: ``indices`` int64 positions in :attr:`predict_files` (unreadable files
+      are dropped, so a writer maps outputs back to paths through them).
+
+    ``H = W = crop_size`` for training batches and ``eval_crop_size`` for val / test / predict batches.
+
+    Set by each subclass's ``__init__`` (the CLI links ``data.num_classes`` to ``model.num_classes``):
+    ``num_classes``, ``class_names``, ``crop_size``, ``eval_crop_size``, ``mean``, ``std``.
+
+    Distributed training: the loaders are plain ``DataLoader`` objects, so Lightning injects its
+    ``DistributedSampler`` (``Trainer(use_distributed_sampler=True)``, the default); ``batch_size`` is per device.
+
+    Args:
+        batch_size: images per batch on each device.
+        num_workers: DataLoader worker processes; 0 loads in the main process.
+        pin_memory: page-locked batches for faster host-to-GPU copies; None pins when CUDA is available.
+        persistent_workers: keep workers alive between epochs (only used when ``num_workers > 0``).
+        drop_last: drop the last incomplete training batch (a batch of one breaks BatchNorm in training).
+        predict_paths: images for ``predict``: a folder (searched recursively), an image file, or a list.
+    """
+
+    num_classes: int
+    class_names: list[str]
+    crop_size: int
+    eval_crop_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_workers: int = 4,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        drop_last: bool = True,
+        predict_paths: list[str] | str | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be 0 (main process) or more, got {num_workers}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.drop_last = drop_last
+        self.predict_paths = predict_paths
+        self._datasets: dict[str, Dataset] = {}
+        self._predict_files: list[str] | None = None
+
+    @abstractmethod
+    def build_dataset(self, split: Split) -> Dataset:
+        """The dataset of ``split``, yielding ``(image tensor, class index)`` or None for an unreadable image."""
+
+    @abstractmethod
+    def eval_transform(self) -> ImageTransform:
+        """The evaluation transform, also used for prediction."""
+
+    @property
+    def predict_files(self) -> list[str]:
+        """The image files ``predict`` runs on, in the order of the indices in its batches."""
+        if self._predict_files is None:
+            if self.predict_paths is None:
+                raise ValueError(
+                    "nothing to predict on: set predict_paths (data.predict_paths in a config) to an image file, "
+                    "a folder of images or a list of them"
+                )
+            self._predict_files = find_images(self.predict_paths)
+        return self._predict_files
+
+    def setup(self, stage: str) -> None:
+        """Build (and so check) the splits ``stage`` uses: fit, validate, test or predict."""
+        if stage == "predict":
+            self.dataset("predict")
+            return
+        if stage not in _STAGE_SPLITS:
+            raise ValueError(f"unknown stage {stage!r}; expected fit, validate, test or predict")
+        for split in _STAGE_SPLITS[stage]:
+            self.dataset(split)
+
+    def dataset(self, split: Split | Literal["predict"]) -> Dataset:
+        """The dataset of ``split``, built on first use."""
+        if split not in self._datasets:
+            if split == "predict":
+                files = self.predict_files
+                self._datasets[split] = ImageFileDataset(files, range(len(files)), self.eval_transform())
+            else:
+                self._datasets[split] = self.build_dataset(split)
+        return self._datasets[split]
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True, drop_last=self.drop_last, crop=self.crop_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")
+
+    def _loader(
+        self,
+        split: Split | Literal["predict"],
+        shuffle: bool = False,
+        drop_last: bool = False,
+        crop: int | None = None,
+    ) -> DataLoader:
+        crop = crop or self.eval_crop_size
+        collate = SkipUnreadable((3, crop, crop), count_skipped=split != "predict")
+        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=pin,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            collate_fn=collate,
+        )
+
+
+def as_triplet(values: Sequence[float], name: str) -> tuple[float, float, float]:
+    """``values`` as an RGB triple, with a clear error otherwise."""
+    if len(values) != 3:
+        raise ValueError(f"{name} needs one value per RGB channel, got {list(values)}")
+    return (float(values[0]), float(values[1]), float(values[2]))

@@ -1,0 +1,149 @@
+"""Any image-classification folder: ``train/`` + ``val/`` (+ ``test/``) class trees, or one tree split by seed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from . import transforms
+from .base import ImageDataModule, Split, as_triplet
+from .datasets import ImageFileDataset
+from .errors import DataLayoutError, DatasetNotFoundError
+from .folder import list_classes, scan_class_folders
+from .split import stratified_split
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, AutoAugmentName, ImageTransform
+
+_LAYOUTS = "<root>/train/<class>/*.jpg with <root>/val/<class>/*.jpg (and optionally test/), or <root>/<class>/*.jpg"
+
+
+class ImageFolderDataModule(ImageDataModule):
+    """Images sorted into one folder per class, with the ImageNet training recipe.
+
+    Layouts: ``root/train/<class>/`` and ``root/val/<class>/`` (optionally ``root/test/<class>/``, else test
+    is val); ``root/train/`` alone or ``root/<class>/`` alone, split into train and val by a seeded, stratified
+    ``val_fraction``. Class folders may nest sub-folders; class indices follow the sorted training folder names.
+
+    Args:
+        root: the dataset folder.
+        val_fraction: share of each class held out for val when there is no ``val/`` folder.
+        seed: seed of that split.
+        crop_size: training crop.
+        eval_crop_size: val / test / predict crop; None uses ``crop_size``. Evaluating larger than training
+            is common (ResNeSt-101: 224 / 256).
+        crop_ratio: eval crops ``eval_crop_size`` from the image resized to ``eval_crop_size / crop_ratio``.
+        auto_augment: "autoaugment" (ImageNet policy), "randaugment" (2 ops, magnitude 12) or "none", applied
+            before the random crop.
+        color_jitter: brightness, contrast and saturation jitter; 0 disables.
+        lighting: standard deviation of the PCA lighting noise; 0 disables.
+        mean: per-channel normalisation mean (RGB, 0-1 scale).
+        std: per-channel normalisation std.
+        batch_size: images per batch on each device.
+        num_workers: DataLoader worker processes; 0 loads in the main process.
+        pin_memory: page-locked batches for faster host-to-GPU copies; None pins when CUDA is available.
+        persistent_workers: keep workers alive between epochs (only used when ``num_workers > 0``).
+        drop_last: drop the last incomplete training batch.
+        predict_paths: images for ``predict``: a folder (searched recursively), an image file, or a list.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        crop_size: int = 224,
+        eval_crop_size: int | None = None,
+        crop_ratio: float = 0.875,
+        auto_augment: AutoAugmentName = "none",
+        color_jitter: float = 0.4,
+        lighting: float = 0.1,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        batch_size: int = 64,
+        num_workers: int = 4,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        drop_last: bool = True,
+        predict_paths: list[str] | str | None = None,
+    ) -> None:
+        super().__init__(batch_size, num_workers, pin_memory, persistent_workers, drop_last, predict_paths)
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if auto_augment not in ("none", "autoaugment", "randaugment"):
+            raise ValueError(f"auto_augment must be 'none', 'autoaugment' or 'randaugment', got {auto_augment!r}")
+        transforms.eval_resize_size(crop_size, crop_ratio)  # validates crop_ratio now rather than at setup
+        self.root = Path(root)
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.crop_size = crop_size
+        self.eval_crop_size = crop_size if eval_crop_size is None else eval_crop_size
+        self.crop_ratio = crop_ratio
+        self.auto_augment = auto_augment
+        self.color_jitter = color_jitter
+        self.lighting = lighting
+        self.mean = as_triplet(mean, "mean")
+        self.std = as_triplet(std, "std")
+        self.train_dir, self.val_dir, self.test_dir = self.locate(self.root)
+        class_dir = self.train_dir or self.val_dir
+        assert class_dir is not None  # locate() guarantees one of them
+        self.class_names = list_classes(class_dir, self.flat_hint(class_dir))
+        self.num_classes = len(self.class_names)
+        if self.val_dir is not None and self.val_dir != class_dir:
+            list_classes(self.val_dir, self.flat_hint(self.val_dir))  # a flat val/ fails now, not after an epoch
+        self._split: dict[str, tuple[list[str], list[int]]] = {}
+
+    def locate(self, root: Path) -> tuple[Path | None, Path | None, Path | None]:
+        """``(train_dir, val_dir, test_dir)`` of this layout; at least one of the first two is set."""
+        if not root.is_dir():
+            raise DatasetNotFoundError(f"data root {root} does not exist; expected {_LAYOUTS}")
+        train, val, test = (root / name for name in ("train", "val", "test"))
+        if val.is_dir() and not train.is_dir():
+            raise DataLayoutError(f"{root} has val/ but no train/ folder; expected {_LAYOUTS}")
+        if not train.is_dir():
+            return root, None, None
+        return train, val if val.is_dir() else None, test if test.is_dir() else None
+
+    def flat_hint(self, folder: Path) -> str:
+        """How to fix ``folder`` when it holds images directly instead of class folders."""
+        return "move them into one sub-folder per class"
+
+    def train_transform(self) -> ImageTransform:
+        return transforms.imagenet_train_transform(
+            self.crop_size, self.auto_augment, self.color_jitter, self.lighting, self.mean, self.std
+        )
+
+    def eval_transform(self) -> ImageTransform:
+        return transforms.eval_transform(self.eval_crop_size, self.crop_ratio, self.mean, self.std)
+
+    def files(self, split: Split) -> tuple[list[str], list[int]]:
+        """Image paths and class indices of ``split``."""
+        if split == "test" and self.test_dir is not None:
+            return scan_class_folders(self.test_dir, self.class_names, self.flat_hint(self.test_dir))
+        if split == "test":
+            split = "val"
+        if self.val_dir is not None:
+            folder = self.train_dir if split == "train" else self.val_dir
+            assert folder is not None
+            return scan_class_folders(folder, self.class_names, self.flat_hint(folder))
+        return self._held_out(split)
+
+    def _held_out(self, split: Split) -> tuple[list[str], list[int]]:
+        assert self.train_dir is not None  # without val/, locate() always gives a training folder
+        if self.val_fraction == 0:
+            if split == "train":
+                return scan_class_folders(self.train_dir, self.class_names, self.flat_hint(self.train_dir))
+            raise DatasetNotFoundError(
+                f"no val folder in {self.root} and val_fraction is 0; add {self.root}/val/<class>/ folders "
+                "or set val_fraction (e.g. 0.2) to hold out part of the training images"
+            )
+        if not self._split:
+            files, targets = scan_class_folders(self.train_dir, self.class_names, self.flat_hint(self.train_dir))
+            train_idx, val_idx = stratified_split(targets, self.val_fraction, self.seed)
+            for name, idx in (("train", train_idx), ("val", val_idx)):
+                self._split[name] = ([files[i] for i in idx], [targets[i] for i in idx])
+        return self._split[split]
+
+    def build_dataset(self, split: Split) -> Dataset:
+        files, targets = self.files(split)
+        transform = self.train_transform() if split == "train" else self.eval_transform()
+        return ImageFileDataset(files, targets, transform)

@@ -1,0 +1,98 @@
+"""ImageNet (ILSVRC-2012) from its class folders, with the ResNeSt training recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import Split
+from .errors import DatasetNotFoundError
+from .folder import scan_class_folders
+from .image_folder import ImageFolderDataModule
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, AutoAugmentName
+
+VALPREP_URL = "https://raw.githubusercontent.com/soumith/imagenetloader.torch/master/valprep.sh"
+_LAYOUT = "<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG (e.g. train/n01440764/n01440764_10026.JPEG)"
+
+
+class ImageNetDataModule(ImageFolderDataModule):
+    """ImageNet-1k: ``root/train/<wnid>/*.JPEG`` and ``root/val/<wnid>/*.JPEG``; test is val (test labels are private).
+
+    Classes are the sorted wnid folders of ``train/`` (of ``val/`` when only it is there, e.g. to evaluate
+    published weights). Training follows the paper: random-resized crop (EfficientNet-style and bicubic from 320
+    pixels), flip, colour jitter 0.4, PCA lighting 0.1, optional AutoAugment / RandAugment before the crop.
+    Evaluation resizes to ``eval_crop_size / crop_ratio`` and centre-crops; the paper evaluates larger than it
+    trains: ResNeSt-101 224 / 256, -200 256 / 320, -269 320 / 416.
+
+    Args:
+        root: folder holding ``train/`` and ``val/``.
+        crop_size: training crop.
+        eval_crop_size: val / test / predict crop; None uses ``crop_size``.
+        crop_ratio: eval crops ``eval_crop_size`` from the image resized to ``eval_crop_size / crop_ratio``.
+        auto_augment: "autoaugment" (ImageNet policy), "randaugment" (2 ops, magnitude 12) or "none", applied
+            before the random crop.
+        color_jitter: brightness, contrast and saturation jitter; 0 disables.
+        lighting: standard deviation of the PCA lighting noise; 0 disables.
+        batch_size: images per batch on each device.
+        num_workers: DataLoader worker processes; 0 loads in the main process.
+        pin_memory: page-locked batches for faster host-to-GPU copies; None pins when CUDA is available.
+        persistent_workers: keep workers alive between epochs (only used when ``num_workers > 0``).
+        drop_last: drop the last incomplete training batch.
+        predict_paths: images for ``predict``: a folder (searched recursively), an image file, or a list.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        crop_size: int = 224,
+        eval_crop_size: int | None = None,
+        crop_ratio: float = 0.875,
+        auto_augment: AutoAugmentName = "none",
+        color_jitter: float = 0.4,
+        lighting: float = 0.1,
+        batch_size: int = 64,
+        num_workers: int = 8,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        drop_last: bool = True,
+        predict_paths: list[str] | str | None = None,
+    ) -> None:
+        super().__init__(
+            root,
+            val_fraction=0.0,
+            crop_size=crop_size,
+            eval_crop_size=eval_crop_size,
+            crop_ratio=crop_ratio,
+            auto_augment=auto_augment,
+            color_jitter=color_jitter,
+            lighting=lighting,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            drop_last=drop_last,
+            predict_paths=predict_paths,
+        )
+
+    def locate(self, root: Path) -> tuple[Path | None, Path | None, Path | None]:
+        train, val = root / "train", root / "val"
+        if not train.is_dir() and not val.is_dir():
+            missing = "does not exist" if not root.is_dir() else "has neither train/ nor val/"
+            raise DatasetNotFoundError(f"ImageNet not found: {root} {missing}; expected {_LAYOUT}")
+        return (train if train.is_dir() else None), (val if val.is_dir() else None), None
+
+    def flat_hint(self, folder: Path) -> str:
+        if folder.name == "val":
+            return (
+                "that is the raw ILSVRC2012 val download. Sort it into one folder per class (wnid), e.g. by "
+                f"running the well-known valprep.sh ({VALPREP_URL}) inside {folder}"
+            )
+        return f"extract each class archive of ILSVRC2012_img_train.tar into {folder}/<wnid>/"
+
+    def files(self, split: Split) -> tuple[list[str], list[int]]:
+        name = "train" if split == "train" else "val"
+        folder = self.train_dir if split == "train" else self.val_dir
+        if folder is None:
+            raise DatasetNotFoundError(f"ImageNet {name} folder {self.root / name} does not exist; expected {_LAYOUT}")
+        return scan_class_folders(folder, self.class_names, self.flat_hint(folder))

@@ -1,0 +1,226 @@
+"""Albumentations pipelines: ImageNet-recipe training, resize + centre-crop evaluation, pad-and-crop for small images.
+
+Every pipeline maps an RGB ``uint8`` ``(H, W, 3)`` array to a normalised ``float32`` ``(3, h, w)`` tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+from torchvision.transforms import v2
+
+AutoAugmentName = Literal["none", "autoaugment", "randaugment"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Principal components of ImageNet's RGB pixels (AlexNet's lighting noise, as in the ResNeSt training scripts).
+IMAGENET_PCA_EIGVAL = np.array([0.2175, 0.0188, 0.0045])
+IMAGENET_PCA_EIGVEC = np.array(
+    [
+        [-0.5675, 0.7192, 0.4009],
+        [-0.5808, -0.0045, -0.8140],
+        [-0.5836, -0.6948, 0.4203],
+    ]
+)
+BICUBIC_FROM = 320  # the recipe switches to bicubic resizing (and an EfficientNet-style crop) from this crop size
+RANDAUGMENT_OPS = 2
+RANDAUGMENT_MAGNITUDE = 12  # of 30, as in the authors' later PyTorch recipe
+
+
+def interpolation_for(crop_size: int) -> int:
+    """OpenCV interpolation used to resize to ``crop_size``: bicubic from 320 pixels, bilinear below."""
+    return cv2.INTER_CUBIC if crop_size >= BICUBIC_FROM else cv2.INTER_LINEAR
+
+
+def eval_resize_size(crop_size: int, crop_ratio: float) -> int:
+    """Shorter side before the centre crop: ``crop_size / crop_ratio`` rounded down (224 at 0.875 -> 256)."""
+    if not 0 < crop_ratio <= 1:
+        raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}; 0.875 is the usual ImageNet value")
+    return int(crop_size / crop_ratio)
+
+
+def _process_seed() -> int:
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
+    return int(np.random.SeedSequence([torch.initial_seed(), rank]).generate_state(1)[0])
+
+
+class ImageTransform:
+    """An albumentations pipeline as a callable ``uint8 (H, W, 3) array -> float32 (3, h, w) tensor``.
+
+    Albumentations draws from its own generator, not torch's. DataLoader workers inherit that generator in one
+    state, so every worker (and, without persistent workers, every epoch) would replay the same augmentations.
+    The pipeline is therefore reseeded from torch's seed (and the distributed rank) on its first call in each
+    process: torch seeds every worker differently, each epoch, and ``seed_everything`` sets the main process's
+    seed, so runs with ``num_workers=0`` reproduce their augmentations.
+
+    Args:
+        pipeline: the albumentations pipeline, ending in ``ToTensorV2``.
+        min_source_side: the shortest image side the pipeline needs at full quality; the decoder may shrink
+            larger JPEGs down to it (see :func:`resnest_pl.data.decode.decode_image`). None: never shrink.
+    """
+
+    def __init__(self, pipeline: A.Compose, min_source_side: int | None = None) -> None:
+        self.pipeline = pipeline
+        self.min_source_side = min_source_side
+        self._seeded_from: int | None = None
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        torch_seed = torch.initial_seed()
+        if torch_seed != self._seeded_from:
+            self._seeded_from = torch_seed
+            self.pipeline.set_random_seed(_process_seed())
+        return self.pipeline(image=image)["image"]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.pipeline!r}, min_source_side={self.min_source_side})"
+
+
+class TorchvisionAugment(A.ImageOnlyTransform):
+    """Run a torchvision ``uint8`` tensor augmentation (AutoAugment, RandAugment) inside an albumentations pipeline.
+
+    Albumentations has no AutoAugment ImageNet policy; torchvision's implementation is reused on a CHW view of
+    the array. It draws from torch's generator, which DataLoader seeds per worker.
+    """
+
+    def __init__(self, augment: Callable[[torch.Tensor], torch.Tensor], p: float = 1.0) -> None:
+        super().__init__(p=p)
+        self.augment = augment
+
+    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
+        out = self.augment(torch.from_numpy(img).permute(2, 0, 1))
+        return out.permute(1, 2, 0).contiguous().numpy()
+
+
+class PCALighting(A.ImageOnlyTransform):
+    """AlexNet-style PCA lighting noise on a normalised image: one RGB shift along ImageNet's principal components.
+
+    Not albumentations' ``FancyPCA``: that one recomputes a PCA of each image and scales every pixel's deviation
+    from the image mean (a different augmentation from the recipe's, and ~7 ms per 224-pixel image); this adds
+    ``eigvec @ (alpha * eigval)``, ``alpha ~ N(0, alpha_std)``, in ``[0, 1]`` pixel units, as the recipe does.
+
+    Args:
+        alpha_std: standard deviation of the per-component weights (0.1 in the recipe).
+        std: the normalisation's std, to express the shift in normalised units.
+    """
+
+    def __init__(self, alpha_std: float = 0.1, std: Sequence[float] = IMAGENET_STD, p: float = 1.0) -> None:
+        super().__init__(p=p)
+        self.alpha_std = alpha_std
+        self.std = np.asarray(std, dtype=np.float64)
+
+    def get_params(self) -> dict[str, Any]:
+        return {"alpha": self.random_generator.normal(0.0, self.alpha_std, size=3)}
+
+    def apply(self, img: np.ndarray, alpha: np.ndarray, **params: Any) -> np.ndarray:
+        shift = IMAGENET_PCA_EIGVEC @ (alpha * IMAGENET_PCA_EIGVAL) / self.std
+        # OpenCV's per-channel scalar add: numpy broadcasting over the 3-wide last axis is ~5x slower.
+        return cv2.add(img, (*shift.tolist(), 0.0))
+
+
+def _auto_augment(name: AutoAugmentName) -> list[A.BasicTransform]:
+    if name == "none":
+        return []
+    # Bilinear rather than torchvision's default nearest for the geometric ops: closer to the bicubic the
+    # reference policy uses (tensor affine warps offer nearest and bilinear only).
+    if name == "autoaugment":
+        augment = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=v2.InterpolationMode.BILINEAR)
+    elif name == "randaugment":
+        augment = v2.RandAugment(
+            num_ops=RANDAUGMENT_OPS, magnitude=RANDAUGMENT_MAGNITUDE, interpolation=v2.InterpolationMode.BILINEAR
+        )
+    else:
+        raise ValueError(f"auto_augment must be 'none', 'autoaugment' or 'randaugment', got {name!r}")
+    return [TorchvisionAugment(augment)]
+
+
+def imagenet_train_transform(
+    crop_size: int = 224,
+    auto_augment: AutoAugmentName = "none",
+    color_jitter: float = 0.4,
+    lighting: float = 0.1,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> ImageTransform:
+    """The ResNeSt ImageNet training pipeline.
+
+    [AutoAugment | RandAugment on the full image] -> random-resized crop -> horizontal flip -> colour jitter
+    (brightness, contrast, saturation) -> normalise -> PCA lighting -> tensor. Below 320 pixels the crop covers
+    8-100 % of the image area with bilinear resizing; from 320 it is the recipe's EfficientNet-style crop, 10-100 %
+    of the area with bicubic resizing (approximated by the same random-resized crop: the TF sampler draws the
+    height rather than the area, a difference of no consequence here). Downscaling always uses area averaging,
+    which like PIL's filters does not alias.
+    """
+    scale = (0.1, 1.0) if crop_size >= BICUBIC_FROM else (0.08, 1.0)
+    ratio = (3 / 4, 4 / 3)
+    steps: list[A.BasicTransform] = [
+        *_auto_augment(auto_augment),
+        A.RandomResizedCrop(
+            size=(crop_size, crop_size),
+            scale=scale,
+            ratio=ratio,
+            interpolation=interpolation_for(crop_size),
+            area_for_downscale="image",
+        ),
+        A.HorizontalFlip(p=0.5),
+    ]
+    if color_jitter > 0:
+        jitter = color_jitter
+        steps.append(A.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=0.0, p=1.0))
+    steps.append(A.Normalize(mean=mean, std=std))
+    if lighting > 0:
+        steps.append(PCALighting(alpha_std=lighting, std=std))
+    steps.append(ToTensorV2())
+    # The smallest crop window has a side of at least short_side * sqrt(scale_min * 3/4); it must keep crop_size
+    # pixels after a reduced decode.
+    min_source_side = math.ceil(crop_size / math.sqrt(scale[0] * ratio[0]))
+    return ImageTransform(A.Compose(steps), min_source_side=min_source_side)
+
+
+def eval_transform(
+    crop_size: int = 224,
+    crop_ratio: float = 0.875,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> ImageTransform:
+    """Resize the shorter side to ``crop_size / crop_ratio``, centre-crop ``crop_size``, normalise.
+
+    Bicubic from 320 pixels when enlarging; area averaging when shrinking. ``crop_ratio=1`` just resizes
+    the shorter side to ``crop_size`` (for images already at the model's size it changes nothing).
+    """
+    resize = eval_resize_size(crop_size, crop_ratio)
+    steps = [
+        A.SmallestMaxSize(max_size=resize, interpolation=interpolation_for(crop_size), area_for_downscale="image"),
+        A.CenterCrop(height=crop_size, width=crop_size),
+        A.Normalize(mean=mean, std=std),
+        ToTensorV2(),
+    ]
+    return ImageTransform(A.Compose(steps), min_source_side=resize)
+
+
+def pad_crop_train_transform(
+    size: int = 32,
+    padding: int = 4,
+    flip: bool = True,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> ImageTransform:
+    """Small-image training (CIFAR, digits) on images already ``size`` pixels square.
+
+    Zero-pad by ``padding``, random crop ``size`` (a shift of up to ``padding`` pixels), optional flip, normalise.
+    """
+    steps: list[A.BasicTransform] = [
+        A.Pad(padding=padding, fill=0, border_mode=cv2.BORDER_CONSTANT),
+        A.RandomCrop(height=size, width=size),
+    ]
+    if flip:
+        steps.append(A.HorizontalFlip(p=0.5))
+    steps += [A.Normalize(mean=mean, std=std), ToTensorV2()]
+    return ImageTransform(A.Compose(steps))

@@ -1,0 +1,354 @@
+"""``python -m resnest_pl.cli``: every config fits, the subcommands chain, bad input ends in one clear line."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resnest_pl.cli import main
+from resnest_pl.data import CIFAR10DataModule
+
+from .fixtures import write_cifar10, write_cifar100, write_jpeg_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+QUICK = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def short(tmp_path: Path, epochs: int = 1, train_batches: int = 3, val_batches: int = 2) -> list[str]:
+    """Arguments that make any config a few-step run writing under ``tmp_path``."""
+    return [
+        "--trainer.max_epochs",
+        str(epochs),
+        "--trainer.limit_train_batches",
+        str(train_batches),
+        "--trainer.limit_val_batches",
+        str(val_batches),
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+        "--trainer.log_every_n_steps",
+        "1",
+        *QUICK,
+    ]
+
+
+def csv_logger(tmp_path: Path) -> list[str]:
+    return ["--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(tmp_path / "run")]
+
+
+def quickstart(tmp_path: Path, *extra: str, subcommand: str = "fit") -> list[str]:
+    return [
+        subcommand,
+        "--config",
+        str(CONFIGS / "quickstart.yaml"),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "run"),
+        *short(tmp_path),
+        *extra,
+    ]
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """Run the CLI in this process; returns the exit status and stderr."""
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    return code, capsys.readouterr().err
+
+
+def metrics(tmp_path: Path) -> list[dict[str, str]]:
+    files = sorted((tmp_path / "run").rglob("metrics.csv"))
+    assert files, "no metrics.csv written"
+    with files[-1].open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def last_value(rows: list[dict[str, str]], key: str) -> float:
+    values = [float(r[key]) for r in rows if r.get(key)]
+    assert values, f"{key} never logged"
+    return values[-1]
+
+
+def write_digit_pngs(folder: Path, count: int = 6) -> list[Path]:
+    """Real digits from scikit-learn saved as PNG files, for predict."""
+    from sklearn.datasets import load_digits
+
+    folder.mkdir(parents=True)
+    digits = load_digits()
+    paths = []
+    for i in range(count):
+        pixels = (digits.images[i] * 255 / 16).astype(np.uint8)
+        path = folder / f"digit_{i}_label{digits.target[i]}.png"
+        Image.fromarray(pixels).resize((32, 32)).convert("RGB").save(path)
+        paths.append(path)
+    return paths
+
+
+# ---- the quick start and the subcommands -----------------------------------------------------------------
+
+
+def test_print_config_resolves_the_composed_config(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "quickstart.yaml"),
+                "--config",
+                str(CONFIGS / "trainer/cpu.yaml"),
+                "--print_config",
+            ]
+        )
+    assert exit_.value.code == 0
+    printed = capsys.readouterr().out
+    assert "resnest_pl.data.DigitsDataModule" in printed
+    assert "precision: 32-true" in printed and "model_name: resnest14d" in printed
+
+
+def test_fit_validate_test_predict_chain(tmp_path: Path, capsys) -> None:
+    code, err = run_cli(quickstart(tmp_path), capsys)
+    assert code == 0, err
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert (checkpoints / "last.ckpt").is_file()
+    assert any(p.name.startswith("epoch") for p in checkpoints.iterdir())
+    rows = metrics(tmp_path)
+    assert 0.0 <= last_value(rows, "val/acc1") <= 1.0 and last_value(rows, "train/lr") > 0
+    assert (tmp_path / "run" / "csv_logs").is_dir()
+
+    last = str(checkpoints / "last.ckpt")
+    for subcommand in ("validate", "test"):
+        code, err = run_cli(quickstart(tmp_path, "--ckpt_path", last, subcommand=subcommand), capsys)
+        assert code == 0, err
+    assert 0.0 <= last_value(metrics(tmp_path), "test/acc1") <= 1.0
+
+    images = write_digit_pngs(tmp_path / "to_predict")
+    out = tmp_path / "predictions.csv"
+    args = quickstart(
+        tmp_path, "--ckpt_path", last, "--data.predict_paths", str(images[0].parent), subcommand="predict"
+    )
+    code, err = run_cli([*args, "--predictions", str(out)], capsys)
+    assert code == 0, err
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in images)
+    assert list(rows[0]) == ["path"] + [f"top{k}_{kind}" for k in range(1, 6) for kind in ("class", "prob")]
+    for row in rows:
+        probs = [float(row[f"top{k}_prob"]) for k in range(1, 6)]
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-5
+        assert row["top1_class"] in [str(d) for d in range(10)]
+
+
+def test_resume_from_last_continues_the_run(tmp_path: Path, capsys) -> None:
+    code, err = run_cli(quickstart(tmp_path), capsys)
+    assert code == 0, err
+    first_steps = int(last_value(metrics(tmp_path), "step"))
+    code, err = run_cli(quickstart(tmp_path, "--ckpt_path", "last", "--trainer.max_epochs", "2"), capsys)
+    assert code == 0, err
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["global_step"] == 2 * 3  # two epochs of three steps: the second continued the first
+    assert first_steps < state["global_step"]
+
+
+@pytest.mark.slow
+def test_quickstart_reaches_98_percent(tmp_path: Path, capsys) -> None:
+    """The README's promise: the quick start reaches >= 98% val/acc1 on the CPU."""
+    args = ["fit", "--config", str(CONFIGS / "quickstart.yaml"), "--trainer.default_root_dir", str(tmp_path / "run")]
+    code, err = run_cli([*args, "--trainer.logger.init_args.save_dir", str(tmp_path / "run"), *QUICK], capsys)
+    assert code == 0, err
+    assert max(float(r["val/acc1"]) for r in metrics(tmp_path) if r.get("val/acc1")) >= 0.98
+
+
+def test_bf16_mixed_precision_on_cpu(tmp_path: Path, capsys) -> None:
+    code, err = run_cli(quickstart(tmp_path, "--trainer.precision", "bf16-mixed"), capsys)
+    assert code == 0, err
+    assert np.isfinite(last_value(metrics(tmp_path), "train/loss"))
+
+
+# ---- every shipped config, pointed at fixtures ---------------------------------------------------------------
+
+
+@pytest.fixture
+def cifar_root(tmp_path: Path, monkeypatch) -> Path:
+    import torchvision.datasets.cifar as tv_cifar
+
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+    root = tmp_path / "cifar"
+    write_cifar10(root)
+    write_cifar100(root)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["cifar10.yaml", "cifar100.yaml"])
+def test_cifar_configs_fit(config: str, cifar_root: Path, tmp_path: Path, capsys) -> None:
+    args = ["fit", "--config", str(CONFIGS / config), *short(tmp_path, train_batches=2, val_batches=1)]
+    args += ["--data.root", str(cifar_root), "--data.download", "false", "--data.batch_size", "4"]
+    args += ["--data.num_workers", "0", *csv_logger(tmp_path)]
+    code, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert np.isfinite(last_value(metrics(tmp_path), "train/loss"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnest50", "resnest101", "resnest200", "resnest269"])
+def test_imagenet_configs_fit(name: str, tmp_path: Path, capsys) -> None:
+    root = write_jpeg_tree(tmp_path / "imagenet", {"train": 2, "val": 1})
+    args = [
+        "fit",
+        "--config",
+        str(CONFIGS / "imagenet" / f"{name}.yaml"),
+        *short(tmp_path, train_batches=1, val_batches=1),
+    ]
+    args += ["--data.root", str(root), "--data.crop_size", "64", "--data.eval_crop_size", "64"]
+    args += ["--data.batch_size", "2", "--data.num_workers", "0", *csv_logger(tmp_path)]
+    code, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert np.isfinite(last_value(metrics(tmp_path), "train/loss"))
+
+
+@pytest.mark.parametrize("preset", ["trainer/cpu.yaml", "logger/csv.yaml", "logger/tensorboard.yaml"])
+def test_presets_compose_with_the_quickstart(preset: str, tmp_path: Path, capsys) -> None:
+    args = ["fit", "--config", str(CONFIGS / "quickstart.yaml"), "--config", str(CONFIGS / preset)]
+    args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "run"), *short(tmp_path, train_batches=2)]
+    code, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize(
+    "preset", ["trainer/gpu.yaml", "trainer/gpu-fp16.yaml", "trainer/ddp.yaml", "trainer/multinode.yaml"]
+)
+def test_gpu_presets_parse(preset: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(CONFIGS / "quickstart.yaml"), "--config", str(CONFIGS / preset), "--print_config"])
+    assert exit_.value.code == 0
+    printed = capsys.readouterr().out
+    assert "accelerator: gpu" in printed
+    assert ("sync_batchnorm: true" in printed) == ("ddp" in preset or "multinode" in preset)
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
+    args = [sys.executable, "-m", "resnest_pl.cli", *quickstart(tmp_path)]
+    args += ["--config", str(CONFIGS / "trainer/cpu-ddp.yaml")]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["global_step"] == 3  # 3 batches per process, each step averaged over both
+
+
+# ---- wandb ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_wandb_key(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+@pytest.mark.slow
+def test_wandb_without_key_runs_offline_and_writes_its_files(tmp_path: Path, no_wandb_key, capsys) -> None:
+    args = ["fit", "--config", str(CONFIGS / "quickstart.yaml"), "--config", str(CONFIGS / "logger/wandb.yaml")]
+    args += ["--trainer.logger.init_args.save_dir", str(tmp_path / "run"), *short(tmp_path, train_batches=2)]
+    code, err = run_cli(args, capsys)
+    assert code == 0, err
+    runs = list((tmp_path / "run").rglob("offline-run-*"))
+    assert runs, "no offline wandb run directory"
+    assert any(p.suffix == ".wandb" for p in runs[0].rglob("*"))
+    config = next(runs[0].rglob("config.yaml")).read_text()
+    assert "DigitsDataModule" in config  # the whole resolved config, not only the model's arguments
+
+
+def test_wandb_that_cannot_start_falls_back_to_csv(tmp_path: Path, no_wandb_key, monkeypatch, capsys) -> None:
+    import wandb
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise wandb.errors.CommError("Network error: could not reach api.wandb.ai")
+
+    monkeypatch.setattr(wandb, "init", unreachable)
+    args = ["fit", "--config", str(CONFIGS / "quickstart.yaml"), "--config", str(CONFIGS / "logger/wandb.yaml")]
+    args += [
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "run"),
+        "--trainer.logger.init_args.offline",
+        "false",
+    ]
+    with pytest.warns(UserWarning, match="wandb could not start"):
+        code, err = run_cli([*args, *short(tmp_path, train_batches=2)], capsys)
+    assert code == 0, err
+    assert last_value(metrics(tmp_path), "train/loss") > 0
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+# ---- bad input -----------------------------------------------------------------------------------------------
+
+
+def test_typo_in_a_config_key_is_named(tmp_path: Path, capsys) -> None:
+    code, err = run_cli(quickstart(tmp_path, "--model.radiks", "2"), capsys)
+    assert code != 0 and "radiks" in err
+
+
+def test_unknown_model_name_suggests_close_ones(tmp_path: Path, capsys) -> None:
+    code, err = run_cli(quickstart(tmp_path, "--model.model_name", "resnet14d"), capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("error: unknown model 'resnet14d'. Did you mean resnest14d")
+
+
+def test_missing_data_root_is_named(tmp_path: Path, capsys) -> None:
+    args = ["fit", "--config", str(CONFIGS / "imagenet/resnest50.yaml"), *short(tmp_path), *csv_logger(tmp_path)]
+    code, err = run_cli([*args, "--data.root", str(tmp_path / "nowhere")], capsys)
+    assert code == 2
+    assert "error: ImageNet not found" in err and str(tmp_path / "nowhere") in err
+
+
+def test_flat_imagenet_val_is_explained(tmp_path: Path, capsys) -> None:
+    root = write_jpeg_tree(tmp_path / "imagenet", {"train": 2})
+    flat = root / "val"
+    flat.mkdir()
+    Image.new("RGB", (8, 8)).save(flat / "ILSVRC2012_val_00000001.JPEG")
+    args = ["fit", "--config", str(CONFIGS / "imagenet/resnest50.yaml"), *short(tmp_path), *csv_logger(tmp_path)]
+    code, err = run_cli([*args, "--data.root", str(root), "--data.num_workers", "0"], capsys)
+    assert code == 2 and "raw ILSVRC2012 val download" in err and "one folder per class" in err
+
+
+def test_cifar_without_internet_is_explained(tmp_path: Path, monkeypatch, capsys) -> None:
+    import urllib.error
+
+    import torchvision.datasets.utils as tv_utils
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(tv_utils, "download_url", offline)
+    monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", offline, raising=False)
+    args = ["fit", "--config", str(CONFIGS / "cifar10.yaml"), *short(tmp_path), *csv_logger(tmp_path)]
+    code, err = run_cli([*args, "--data.root", str(tmp_path / "cifar"), "--data.num_workers", "0"], capsys)
+    assert code == 2
+    assert "error:" in err and str(tmp_path / "cifar") in err
+    assert CIFAR10DataModule is not None
+
+
+def test_checkpoint_with_other_classes_is_explained(tmp_path: Path, capsys) -> None:
+    code, err = run_cli(quickstart(tmp_path), capsys)
+    assert code == 0, err
+    folder = write_jpeg_tree(tmp_path / "three", {"train": 2, "val": 1}, classes=["a", "b", "c"])
+    args = ["validate", "--config", str(CONFIGS / "quickstart.yaml"), *short(tmp_path), *csv_logger(tmp_path)]
+    args += ["--data", "resnest_pl.data.ImageFolderDataModule", "--data.root", str(folder), "--data.crop_size", "32"]
+    args += ["--data.num_workers", "0", "--ckpt_path", str(tmp_path / "run" / "checkpoints" / "last.ckpt")]
+    code, err = run_cli(args, capsys)
+    assert code == 2
+    assert "10 classes" in err and "3" in err and "pretrained" in err
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()  # nothing saved was lost

@@ -1,0 +1,147 @@
+"""Transform pipelines: crop sizes, interpolation, augmentation choice, normalisation, per-worker seeding."""
+
+import albumentations as A
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+
+from resnest_pl.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ArrayDataset,
+    eval_transform,
+    imagenet_train_transform,
+    pad_crop_train_transform,
+)
+from resnest_pl.data.transforms import IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC, PCALighting, TorchvisionAugment
+
+
+def photo(height: int = 375, width: int = 500, seed: int = 0) -> np.ndarray:
+    small = np.random.default_rng(seed).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def steps(transform) -> list:
+    return list(transform.pipeline.transforms)
+
+
+def find(transform, kind):
+    return [t for t in steps(transform) if isinstance(t, kind)]
+
+
+def test_train_and_eval_crops_differ_as_configured():
+    image = photo()
+    train = imagenet_train_transform(224)(image)
+    evaluated = eval_transform(256)(image)
+    assert train.shape == (3, 224, 224) and train.dtype == torch.float32
+    assert evaluated.shape == (3, 256, 256) and evaluated.dtype == torch.float32
+
+
+def test_bicubic_and_efficientnet_crop_from_320():
+    (small_crop,) = find(imagenet_train_transform(224), A.RandomResizedCrop)
+    (large_crop,) = find(imagenet_train_transform(320), A.RandomResizedCrop)
+    assert small_crop.interpolation == cv2.INTER_LINEAR and tuple(small_crop.scale) == (0.08, 1.0)
+    assert large_crop.interpolation == cv2.INTER_CUBIC and tuple(large_crop.scale) == (0.1, 1.0)
+    assert large_crop.area_for_downscale == "image"
+    (small_resize,) = find(eval_transform(256), A.SmallestMaxSize)
+    (large_resize,) = find(eval_transform(320), A.SmallestMaxSize)
+    assert small_resize.interpolation == cv2.INTER_LINEAR and small_resize.max_size == 292
+    assert large_resize.interpolation == cv2.INTER_CUBIC and large_resize.max_size == 365
+
+
+def test_eval_resize_uses_crop_ratio():
+    (resize,) = find(eval_transform(224, crop_ratio=0.875), A.SmallestMaxSize)
+    assert resize.max_size == 256
+    with pytest.raises(ValueError, match="crop_ratio"):
+        eval_transform(224, crop_ratio=1.5)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"), [("autoaugment", v2.AutoAugment), ("randaugment", v2.RandAugment), ("none", None)]
+)
+def test_auto_augment_is_selectable_and_runs_before_the_crop(name, kind):
+    transform = imagenet_train_transform(64, auto_augment=name)
+    adapters = find(transform, TorchvisionAugment)
+    if kind is None:
+        assert adapters == []
+    else:
+        (adapter,) = adapters
+        assert isinstance(adapter.augment, kind)
+        assert steps(transform).index(adapter) < steps(transform).index(find(transform, A.RandomResizedCrop)[0])
+    assert transform(photo()).shape == (3, 64, 64)
+
+
+def test_auto_augment_policy_and_randaugment_strength():
+    (aa,) = find(imagenet_train_transform(64, auto_augment="autoaugment"), TorchvisionAugment)
+    assert aa.augment.policy == v2.AutoAugmentPolicy.IMAGENET
+    (ra,) = find(imagenet_train_transform(64, auto_augment="randaugment"), TorchvisionAugment)
+    assert (ra.augment.num_ops, ra.augment.magnitude) == (2, 12)
+    with pytest.raises(ValueError, match="auto_augment"):
+        imagenet_train_transform(64, auto_augment="trivialaugment")
+
+
+def test_torchvision_adapter_maps_hwc_arrays_through_chw_tensors():
+    image = photo(20, 30)
+    out = TorchvisionAugment(lambda chw: 255 - chw)(image=image)["image"]
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert np.array_equal(out, 255 - image)
+
+
+def test_eval_normalises_with_mean_and_std():
+    grey = np.full((300, 400, 3), 128, dtype=np.uint8)
+    out = eval_transform(224)(grey)
+    expected = (128 / 255 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    assert torch.allclose(out[:, 100, 100], torch.tensor(expected, dtype=torch.float32), atol=1e-5)
+
+
+def test_pca_lighting_adds_the_imagenet_component_shift():
+    lighting = PCALighting(alpha_std=0.1, std=IMAGENET_STD)
+    alpha = np.array([1.0, -2.0, 0.5])
+    image = np.zeros((4, 4, 3), dtype=np.float32)
+    out = lighting.apply(image, alpha=alpha)
+    expected = IMAGENET_PCA_EIGVEC @ (alpha * IMAGENET_PCA_EIGVAL) / np.array(IMAGENET_STD)
+    assert np.allclose(out[2, 3], expected, atol=1e-6)
+    train = imagenet_train_transform(32, lighting=0.1)
+    names = [type(t).__name__ for t in steps(train)]
+    assert names.index("PCALighting") == names.index("Normalize") + 1
+    assert "PCALighting" not in [type(t).__name__ for t in steps(imagenet_train_transform(32, lighting=0))]
+
+
+def test_pad_crop_shifts_without_flipping():
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    image[10, 5] = 255
+    transform = pad_crop_train_transform(32, padding=2, flip=False, mean=(0, 0, 0), std=(1, 1, 1))
+    torch.manual_seed(0)
+    positions = set()
+    for _ in range(60):
+        out = transform(image)[0]
+        row, col = np.unravel_index(int(out.argmax()), out.shape)
+        positions.add((int(row), int(col)))
+    rows, cols = zip(*positions, strict=True)
+    assert len(positions) > 5  # it does shift
+    assert max(abs(r - 10) for r in rows) <= 2 and max(abs(c - 5) for c in cols) <= 2  # only a little, no mirror
+
+
+def test_main_process_augmentations_follow_torch_seed():
+    image = photo()
+
+    def run(seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(seed)  # what seed_everything does before a run builds its data
+        transform = imagenet_train_transform(32)
+        return [transform(image) for _ in range(3)]
+
+    first, again, other = run(1), run(1), run(2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0], first[1])
+    assert not torch.equal(first[0], other[0])
+
+
+def test_workers_do_not_replay_the_same_augmentations():
+    image = photo(32, 32)
+    dataset = ArrayDataset(np.stack([image] * 8), [0] * 8, pad_crop_train_transform(32, padding=4))
+    loader = DataLoader(dataset, batch_size=4, num_workers=2)  # worker 0 yields batch 0, worker 1 batch 1
+    first, second = (images for images, _ in loader)
+    assert not torch.equal(first, second)
