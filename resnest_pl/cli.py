@@ -18,7 +18,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from .data import DataLayoutError, DatasetNotFoundError, ImageDataModule
-from .loggers import start_loggers
+from .loggers import finish_loggers, start_loggers
 from .models import IncompatibleCheckpointError
 from .module import ResNeStClassifier
 from .prediction import PredictionCSVWriter
@@ -75,6 +75,12 @@ class ResNeStCLI(LightningCLI):
             lines.append(f"best checkpoint: {checkpoint.best_model_path or '(none)'}{score}")
             lines.append(f"last checkpoint: {checkpoint.last_model_path or '(none)'}")
         rank_zero_info("\n".join(lines))
+        finish_loggers(self.trainer)
+
+    def after_validate(self) -> None:
+        finish_loggers(self.trainer)
+
+    after_test = after_predict = after_validate
 
 
 def default_callbacks() -> list:

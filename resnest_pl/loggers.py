@@ -89,3 +89,11 @@ def start_loggers(trainer: pl.Trainer) -> None:
                 rank_zero_info(f"wandb: offline run in {folder}; upload it later with `wandb sync {folder}`")
         loggers.append(logger)
     trainer.loggers = loggers
+
+
+def finish_loggers(trainer: pl.Trainer) -> None:
+    """End wandb runs when a subcommand ends: their files (config, summary) are complete on disk and a
+    next run in the same process (a notebook, an ablation) starts a run of its own."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()
