@@ -50,10 +50,14 @@ class ResNeStCLI(LightningCLI):
         # ModelCheckpoint writes to <default_root_dir>/checkpoints rather than a per-version folder,
         # so that `fit --ckpt_path last` finds the previous run's last.ckpt.
         config = self.config[self.subcommand] if self.subcommand else self.config
-        root = config.trainer.default_root_dir or os.getcwd()
+        root = Path(config.trainer.default_root_dir or os.getcwd())
+        if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
+            # Every run of a wandb sweep gets the same command line: keep their checkpoints apart.
+            root = root / os.environ["WANDB_RUN_ID"]
+            config.trainer.default_root_dir = str(root)
         for callback in self.trainer_defaults["callbacks"]:
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
-                callback.dirpath = str(Path(root) / "checkpoints")
+                callback.dirpath = str(root / "checkpoints")
         for callback in self.trainer_defaults["callbacks"]:
             if isinstance(callback, PredictionCSVWriter):
                 callback.output = config.get("predictions")

@@ -352,3 +352,11 @@ def test_checkpoint_with_other_classes_is_explained(tmp_path: Path, capsys) -> N
     assert code == 2
     assert "10 classes" in err and "3" in err and "pretrained" in err
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()  # nothing saved was lost
+
+
+def test_runs_of_a_wandb_sweep_keep_their_checkpoints_apart(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sweep1")
+    monkeypatch.setenv("WANDB_RUN_ID", "run42")
+    code, err = run_cli(quickstart(tmp_path, "--trainer.limit_train_batches", "1"), capsys)
+    assert code == 0, err
+    assert (tmp_path / "run" / "run42" / "checkpoints" / "last.ckpt").is_file()

@@ -1,0 +1,76 @@
+"""The ordinary ``python -m resnest_pl.cli fit`` command line of each cell-seed, and the CLI's own check of it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import cli
+from .grid import Cell, GridError, GridFile, compact
+
+CLI = ["python", "-m", "resnest_pl.cli"]
+LOG_NAME = "csv_logs"
+
+
+def cli_value(value: Any) -> str:
+    """A YAML value as one command-line argument (jsonargparse reads JSON for lists, dicts, booleans, null)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def grid_args(grid: GridFile, presets: tuple[str, ...] = ()) -> list[str]:
+    """``--config`` for each base file and then each preset (a logger, say), then the grid's fixed overrides."""
+    args = [arg for config in (*grid.base, *presets) for arg in ("--config", config)]
+    for key, value in grid.fixed.items():
+        args += [f"--{key}", cli_value(value)]
+    return args
+
+
+def run_dir(grid: GridFile, cell: Cell, seed: int) -> Path:
+    """The ``trainer.default_root_dir`` of one cell-seed."""
+    return Path(str(grid.output)) / cell.name / f"seed{seed}"
+
+
+def fit_args(grid: GridFile, cell: Cell, seed: int) -> list[str]:
+    """The CLI arguments (after ``python -m resnest_pl.cli``) of one cell-seed: the base configs and fixed
+    overrides, the cell's whole ``model_overrides`` dict, the seed, and a CSVLogger writing into the run's
+    own folder, where the runner reads ``val/acc1`` back."""
+    folder = str(run_dir(grid, cell, seed))
+    return [
+        "fit",
+        *grid_args(grid),
+        "--model.model_overrides",
+        compact(cell.model_overrides),
+        "--seed_everything",
+        str(seed),
+        "--trainer.default_root_dir",
+        folder,
+        "--trainer.logger",
+        "pytorch_lightning.loggers.CSVLogger",
+        "--trainer.logger.init_args.save_dir",
+        folder,
+        "--trainer.logger.init_args.name",
+        LOG_NAME,
+    ]
+
+
+def resolve(args: list[str]) -> dict[str, Any]:
+    """The fully resolved config of a CLI command line, from the CLI itself (``--print_config``, in this
+    process, instantiating nothing); raises :class:`GridError` with the CLI's message when it does not parse."""
+    out, err = io.StringIO(), io.StringIO()
+    code: int | str | None = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # in-process use is the point
+        try:
+            cli.main([*args, "--print_config"])
+        except SystemExit as exit_:
+            code = exit_.code
+    if code not in (0, None):
+        message = err.getvalue().rpartition("error: ")[2] or err.getvalue()
+        raise GridError(f"the fit command does not parse: {' '.join(message.split())}")
+    return yaml.safe_load(out.getvalue())
