@@ -13,6 +13,7 @@ import sys
 import traceback
 from pathlib import Path
 
+import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
@@ -130,6 +131,10 @@ def main(args: list[str] | None = None) -> None:
             trainer_defaults={"callbacks": default_callbacks()},
             args=args,
         )
+        # Lightning leaves the process group up; tearing it down here avoids gloo's threads aborting the
+        # interpreter's exit ("terminate called without an active exception") after a finished DDP run.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     except USER_ERRORS as err:
         if os.environ.get(DEBUG_ENV):
             raise
