@@ -104,7 +104,8 @@ class Bottleneck(nn.Module):
         out = self.act2(self.drop2(self.bn2(self.conv2(out))))
         out = self.avd_last(out)
         out = self.drop3(self.bn3(self.conv3(out)))
-        return self.act3(out + shortcut)
+        out += shortcut  # in place: saves one block-sized buffer per block
+        return self.act3(out)
 
 
 def _stem(cfg: ResNeStConfig) -> tuple[nn.Module, int]:
@@ -192,7 +193,9 @@ class ResNeSt(nn.Module):
             layers: list[nn.Module] = []
             if cfg.avg_down:
                 pool = stride if dilation == 1 else 1
-                layers.append(nn.AvgPool2d(pool, stride=pool, ceil_mode=True, count_include_pad=False))
+                # A 1x1 average is the identity; nn.Identity keeps the key indices (downsample.1/.2) unchanged.
+                avg: nn.Module = nn.AvgPool2d(pool, stride=pool, ceil_mode=True, count_include_pad=False)
+                layers.append(avg if pool > 1 else nn.Identity())
                 layers.append(nn.Conv2d(inplanes, outplanes, 1, stride=1, bias=False))
             else:
                 layers.append(nn.Conv2d(inplanes, outplanes, 1, stride=stride, bias=False))
