@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # Two workers on two cores: one intra-op thread each avoids oversubscription.
-    torch.set_num_threads(1)
+# One intra-op thread per test process: under `pytest -n 2` two workers share two cores, and even alone a
+# second thread stalls every tiny step whenever anything else runs on the machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -17,15 +17,7 @@ from resnest_pl.models import create_model
 from resnest_pl.models.complexity import count_macs
 from resnest_pl.module import ResNeStClassifier
 
-TINY = dict(width_multiplier=0.25, stem_width=8, small_input=True, min_attn_channels=8)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from .helpers import TINY_SMALL_INPUT, make_trainer
 
 
 def random_loader(n: int, size: int, batch_size: int = 8) -> DataLoader:
@@ -34,21 +26,11 @@ def random_loader(n: int, size: int, batch_size: int = 8) -> DataLoader:
     return DataLoader(data, batch_size=batch_size)
 
 
-def make_trainer(**kwargs: Any) -> pl.Trainer:
-    options: dict[str, Any] = dict(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    options.update(kwargs)
-    return pl.Trainer(**options)
-
-
 def dropblock_module(prob: float = 0.1, **kwargs: Any) -> ResNeStClassifier:
     # 24 px keeps the layer-3/4 maps (6x6, 3x3) at least as large as the 3x3 blocks.
-    return ResNeStClassifier("resnest14d", num_classes=4, model_overrides={**TINY, "dropblock_prob": prob}, **kwargs)
+    return ResNeStClassifier(
+        "resnest14d", num_classes=4, model_overrides={**TINY_SMALL_INPUT, "dropblock_prob": prob}, **kwargs
+    )
 
 
 class RecordDropProb(Callback):
@@ -91,7 +73,7 @@ def test_explicit_target_overrides_the_built_probability() -> None:
 
 
 def test_model_without_dropblock_is_reported() -> None:
-    model = ResNeStClassifier("resnest14d", num_classes=4, model_overrides=TINY)
+    model = ResNeStClassifier("resnest14d", num_classes=4, model_overrides=TINY_SMALL_INPUT)
     with pytest.raises(ValueError, match="dropblock_prob"):
         make_trainer(max_steps=1, callbacks=[DropBlockSchedule()]).fit(model, random_loader(8, 16))
 
@@ -134,7 +116,7 @@ class MemoryLogger(Logger):
 
 def test_throughput_monitor_logs_images_and_flops_per_second() -> None:
     logger = MemoryLogger()
-    model = ResNeStClassifier("resnest14d", num_classes=4, model_overrides=TINY)
+    model = ResNeStClassifier("resnest14d", num_classes=4, model_overrides=TINY_SMALL_INPUT)
     trainer = make_trainer(
         max_epochs=1, logger=logger, log_every_n_steps=1, callbacks=[ImageThroughputMonitor(window_size=2)]
     )
@@ -149,6 +131,6 @@ def test_throughput_monitor_logs_images_and_flops_per_second() -> None:
     # The FLOPs behind those rates: a forward pass in eval mode, forward + backward in training.
     model.eval()
     forward = model.flops_per_batch
-    assert forward == 2 * count_macs(create_model("resnest14d", num_classes=4, **TINY), 16, batch_size=8)
+    assert forward == 2 * count_macs(create_model("resnest14d", num_classes=4, **TINY_SMALL_INPUT), 16, batch_size=8)
     model.train()
     assert model.flops_per_batch > 2 * forward  # the backward pass is counted too

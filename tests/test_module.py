@@ -26,22 +26,14 @@ from resnest_pl.module import (
 )
 from resnest_pl.schedules import warmup_cosine
 
-TINY = dict(width_multiplier=0.25, stem_width=8, small_input=True, min_attn_channels=8)
+from .helpers import TINY_SMALL_INPUT, make_trainer
+
 CLASSES = 4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two intra-op threads on a shared 2-core machine make each step ~50x slower than one.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def tiny_module(**kwargs: object) -> ResNeStClassifier:
     kwargs.setdefault("num_classes", CLASSES)
-    return ResNeStClassifier("resnest14d", model_overrides=TINY, **kwargs)
+    return ResNeStClassifier("resnest14d", model_overrides=TINY_SMALL_INPUT, **kwargs)
 
 
 def template_data(n: int, seed: int, noise: float = 1.0, skipped: bool = False) -> TensorDataset:
@@ -57,19 +49,6 @@ def template_data(n: int, seed: int, noise: float = 1.0, skipped: bool = False) 
 def loader(n: int = 64, seed: int = 1, batch_size: int = 16, **kwargs: object) -> DataLoader:
     skipped = bool(kwargs.pop("skipped", False))
     return DataLoader(template_data(n, seed, skipped=skipped), batch_size=batch_size, **kwargs)
-
-
-def make_trainer(**kwargs: object) -> pl.Trainer:
-    options = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    options.update(kwargs)
-    return pl.Trainer(**options)
 
 
 class RecordLR(Callback):
@@ -388,7 +367,7 @@ def test_checkpoint_records_hyperparameters_as_plain_data(tmp_path) -> None:
     assert hparams["model_name"] == "resnest14d" and hparams["mixup_alpha"] == 0.2
     assert hparams["optimizer"] == {"class_path": "torch.optim.adamw.AdamW", "init_args": {"lr": 0.002}}
     restored = ResNeStClassifier.load_from_checkpoint(tmp_path / "model.ckpt", weights_only=True)
-    assert restored.hparams.model_overrides == TINY
+    assert restored.hparams.model_overrides == TINY_SMALL_INPUT
     assert isinstance(restored.optimizer_factory([nn.Parameter(torch.zeros(1))]), torch.optim.AdamW)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(restored.state_dict()[key], value)
