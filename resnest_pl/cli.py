@@ -59,8 +59,7 @@ class ResNeStCLI(LightningCLI):
         for callback in self.trainer_defaults["callbacks"]:
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
                 callback.dirpath = str(root / "checkpoints")
-        for callback in self.trainer_defaults["callbacks"]:
-            if isinstance(callback, PredictionCSVWriter):
+            elif isinstance(callback, PredictionCSVWriter):
                 callback.output = config.get("predictions")
 
     # Lightning touches every logger's experiment before any callback runs: start them first, so that
