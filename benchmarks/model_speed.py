@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnest_pl.host_memory import keep_freed_host_memory
 from resnest_pl.models import create_model, get_variant
 from resnest_pl.models.complexity import count_macs
 
@@ -80,6 +81,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto: cuda if available, else cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument(
+        "--keep-host-memory",
+        action="store_true",
+        help="keep freed host memory for reuse (glibc), as the training CLI does on CPU; applies to every model",
+    )
+    parser.add_argument(
         "--configs",
         default=None,
         help=f"comma-separated subset of {', '.join(CONFIGS)} (default: fp32 on CPU, all on CUDA)",
@@ -107,7 +113,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_summary(device: torch.device) -> str:
+def machine_summary(device: torch.device, keep_host_memory: bool) -> str:
     parts = [
         f"CPU {cpu_model()}",
         f"{os.cpu_count()} logical cores",
@@ -115,6 +121,8 @@ def machine_summary(device: torch.device) -> str:
         f"torch {torch.__version__}",
         f"device {device.type}",
     ]
+    if keep_host_memory:
+        parts.append("host memory kept for reuse")
     if device.type == "cuda":
         parts.append(
             f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
@@ -283,6 +291,9 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    host_memory_kept = args.keep_host_memory and keep_freed_host_memory()
+    if args.keep_host_memory and not host_memory_kept:
+        print("note: --keep-host-memory needs glibc; the allocator is left as it is")
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
     names = args.configs.split(",") if args.configs else list(CONFIGS) if device.type == "cuda" else ["fp32"]
@@ -300,7 +311,7 @@ def main() -> None:
         for label, build in model_builders(args.model, state)
     ]
 
-    print(f"machine: {machine_summary(device)}")
+    print(f"machine: {machine_summary(device, host_memory_kept)}")
     print(f"load average at start: {describe(load_average())}")
     print(
         f"batch train {args.batch_train}, infer {args.batch_infer}; {args.image_size} px; {args.warmup} warm-up "

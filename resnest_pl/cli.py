@@ -18,6 +18,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
+from .callbacks import KeepHostMemory
 from .data import DataLayoutError, DatasetNotFoundError, ImageDataModule
 from .loggers import finish_loggers, start_loggers
 from .models import IncompatibleCheckpointError
@@ -88,7 +89,8 @@ class ResNeStCLI(LightningCLI):
 
 
 def default_callbacks() -> list:
-    """Callbacks every run gets: the best `val/acc1` and `last` checkpoints, the LR, the predict CSV."""
+    """Callbacks every run gets: the best `val/acc1` and `last` checkpoints, the LR, the predict CSV, and
+    host-memory reuse on the CPU."""
     return [
         ModelCheckpoint(
             monitor="val/acc1",
@@ -99,6 +101,7 @@ def default_callbacks() -> list:
         ),
         LearningRateMonitor(logging_interval="step"),
         PredictionCSVWriter(),
+        KeepHostMemory(),
     ]
 
 
