@@ -22,7 +22,6 @@ import dataclasses
 import json
 import math
 import os
-import shlex
 import shutil
 import signal
 import sys
@@ -36,7 +35,16 @@ import torch
 from pytorch_lightning.cli import instantiate_class
 
 from .ablation import launch
-from .ablation.commands import CLI, LOG_NAME, cli_value, fit_args, grid_args, resolve, run_dir
+from .ablation.commands import (
+    EXTERNAL_DONE,
+    LOG_NAME,
+    cli_value,
+    command_line,
+    fit_args,
+    grid_args,
+    resolve,
+    run_dir,
+)
 from .ablation.emit import sweep_run_args, write_slurm, write_sweep
 from .ablation.grid import Cell, GridError, GridFile, compact, expand_cells, load_grid
 from .ablation.measure import complexity, throughput
@@ -47,6 +55,7 @@ RESULT = "result.json"
 FAILURE = "error.json"
 MEASURE = "measure.json"
 LOG = "fit.log"
+STATUS_MARKERS = ((RESULT, "done"), (EXTERNAL_DONE, "run by SLURM"), (FAILURE, "failed"))
 
 
 @dataclass(frozen=True)
@@ -102,10 +111,14 @@ def check_outputs(plan: Plan) -> None:
     """A finished run in the output folder must come from the same command line; otherwise stop before mixing
     results of two different grids."""
     for cell, seed in plan.runs:
-        done = read_json(run_dir(plan.grid, cell, seed) / RESULT)
-        if done is not None and done["args"] != fit_args(plan.grid, cell, seed):
+        folder = run_dir(plan.grid, cell, seed)
+        done = read_json(folder / RESULT)
+        external = folder / EXTERNAL_DONE
+        if (done is not None and done["args"] != fit_args(plan.grid, cell, seed)) or (
+            done is None and external.is_file() and external.read_text().strip() != command_line(plan.grid, cell, seed)
+        ):
             raise GridError(
-                f"{run_dir(plan.grid, cell, seed)} holds a run made with another command line (the grid changed); "
+                f"{folder} holds a run made with another command line (the grid changed); "
                 "use another --output, or delete that folder to rerun it"
             )
 
@@ -118,8 +131,8 @@ def print_plan(plan: Plan) -> None:
     )
     for cell, seed in plan.runs:
         folder = run_dir(plan.grid, cell, seed)
-        status = "done" if (folder / RESULT).is_file() else "failed" if (folder / FAILURE).is_file() else "to run"
-        print(f"  {cell.name} seed {seed} [{status}]: {shlex.join([*CLI, *fit_args(plan.grid, cell, seed)])}")
+        status = next((name for marker, name in STATUS_MARKERS if (folder / marker).is_file()), "to run")
+        print(f"  {cell.name} seed {seed} [{status}]: {command_line(plan.grid, cell, seed)}")
 
 
 def emit(plan: Plan, sweep: bool, slurm: bool) -> None:
@@ -210,27 +223,40 @@ def last_line(log: Path) -> str:
 
 
 def run_one(plan: Plan, cell: Cell, seed: int) -> tuple[dict[str, Any] | None, str]:
-    """Run one cell-seed unless it finished before; returns its record (None when it failed) and a status."""
+    """Run one cell-seed unless it finished before, here or as a task of the emitted SLURM array; returns its
+    record (None when it failed) and a status."""
     folder = run_dir(plan.grid, cell, seed)
     done = read_json(folder / RESULT)
     if done is not None:
         return done, "done before"
-    shutil.rmtree(folder, ignore_errors=True)  # what an interrupted or failed attempt left
     args = fit_args(plan.grid, cell, seed)
+    record: dict[str, Any] = {"cell": cell.name, "seed": seed, "args": args}
+    if (folder / EXTERNAL_DONE).is_file():
+        # A SLURM task ran it: no wall time or peak memory of its own reached this process.
+        return record_metrics(folder, {**record, "returncode": 0, "wall_s": math.nan, "peak_rss_mib": math.nan})
+    shutil.rmtree(folder, ignore_errors=True)  # what an interrupted or failed attempt left
     ran = launch.run_logged([sys.executable, "-m", "resnest_pl.cli", *args], folder / LOG)
-    record = {"cell": cell.name, "seed": seed, "args": args, "returncode": ran.returncode}
-    record |= {"wall_s": ran.wall_s, "peak_rss_mib": ran.peak_rss_mib}
-    if ran.returncode == 0:
-        try:
-            best, final, epochs = read_val_acc1(folder / LOG_NAME)
-        except ValueError as err:
-            error = str(err)
-        else:
-            record |= {ACC: best, "final_val_acc1": final, "epochs": epochs}
-            write_json(folder / RESULT, record)
-            return record, f"{100 * best:.2f}% best val/acc1 in {ran.wall_s:.0f} s"
-    else:
-        error = last_line(folder / LOG)
+    record |= {"returncode": ran.returncode, "wall_s": ran.wall_s, "peak_rss_mib": ran.peak_rss_mib}
+    if ran.returncode != 0:
+        return failed(folder, record, last_line(folder / LOG))
+    return record_metrics(folder, record)
+
+
+def record_metrics(folder: Path, record: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """Add a finished fit's ``val/acc1`` to its record and save it as ``result.json``."""
+    try:
+        best, final, epochs = read_val_acc1(folder / LOG_NAME)
+    except ValueError as err:
+        return failed(folder, record, str(err))
+    record |= {ACC: best, "final_val_acc1": final, "epochs": epochs}
+    write_json(folder / RESULT, record)
+    ran_here = math.isfinite(record["wall_s"])
+    return record, f"{100 * best:.2f}% best val/acc1 " + (
+        f"in {record['wall_s']:.0f} s" if ran_here else "(run by the SLURM array)"
+    )
+
+
+def failed(folder: Path, record: dict[str, Any], error: str) -> tuple[None, str]:
     write_json(folder / FAILURE, {**record, "error": error})
     return None, f"FAILED: {error} (log: {folder / LOG})"
 

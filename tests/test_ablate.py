@@ -4,9 +4,11 @@ reports come out right, and the sweep and SLURM files hold commands the CLI acce
 from __future__ import annotations
 
 import math
+import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -277,6 +279,59 @@ def test_emitted_sweep_and_slurm_files(
             cli_main([*argv[3:], "--print_config"])
         assert exit_.value.code in (0, None)
     assert not list(out.glob("*/seed*"))
+
+
+FAKE_SRUN = """#!{python}
+import os, sys
+from pathlib import Path
+args = sys.argv[1:]
+if os.environ.get("FAKE_SRUN_FAIL"):
+    sys.exit(1)
+root = Path(args[args.index("--trainer.default_root_dir") + 1])
+metrics = root / "csv_logs" / "version_0" / "metrics.csv"
+metrics.parent.mkdir(parents=True)
+metrics.write_text("epoch,val/acc1\\n0,0.75\\n")
+"""
+
+
+def test_runs_finished_by_the_slurm_array_are_adopted_not_rerun(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grid = write_grid(tmp_path, seeds=[0, 1])
+    assert run(["--config", str(grid), "--emit-slurm"], capsys)[0] == 0
+    out = tmp_path / "out"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    srun = bin_dir / "srun"
+    srun.write_text(FAKE_SRUN.format(python=sys.executable))
+    srun.chmod(0o755)
+    # The array's four tasks, as SLURM would start them; the last one's srun fails.
+    for task in range(4):
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_ID": str(task)}
+        if task == 3:
+            env["FAKE_SRUN_FAIL"] = "1"
+        done = subprocess.run(["bash", str(out / "slurm" / "ablation.sbatch")], env=env, check=False)
+        assert done.returncode == (1 if task == 3 else 0)
+    assert len(list(out.glob("*/seed*/fit.done"))) == 3
+
+    code, plan, _ = run(["--config", str(grid), "--dry-run"], capsys)
+    assert code == 0 and plan.count("[run by SLURM]") == 3 and plan.count("[to run]") == 1
+
+    local = FakeLauncher()
+    monkeypatch.setattr(launch, "run_logged", local)
+    code, printed, _ = run(["--config", str(grid)], capsys)
+    assert code == 0
+    assert local.cells == ["2s1x64d"]  # only the task whose srun failed runs here
+    assert printed.count("75.00% best val/acc1 (run by the SLURM array)") == 3
+    results = pd.read_csv(out / "results.csv").set_index("cell")
+    assert results["seeds"].tolist() == [2, 2]
+    assert results.loc["0s1x64d", "best_val_acc1_mean"] == pytest.approx(0.75)
+
+    # A marker left by another grid's command line is not adopted.
+    (out / "0s1x64d" / "seed0" / "result.json").unlink()
+    (out / "0s1x64d" / "seed0" / "fit.done").write_text("python -m resnest_pl.cli fit --something-else\n")
+    code, _, err = run(["--config", str(grid)], capsys)
+    assert code == 2 and "another command line" in err
 
 
 # ---- the real thing ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shlex
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,9 @@ from .grid import Cell, GridError, GridFile, compact
 
 CLI = ["python", "-m", "resnest_pl.cli"]
 LOG_NAME = "csv_logs"
+# Written into a run's folder by the emitted SLURM script once the run's fit command exited with 0; holds that
+# command line, so that the runner adopts the run instead of starting it again.
+EXTERNAL_DONE = "fit.done"
 
 
 def cli_value(value: Any) -> str:
@@ -57,6 +61,11 @@ def fit_args(grid: GridFile, cell: Cell, seed: int) -> list[str]:
         "--trainer.logger.init_args.name",
         LOG_NAME,
     ]
+
+
+def command_line(grid: GridFile, cell: Cell, seed: int) -> str:
+    """The shell line of one cell-seed's fit, as the SLURM listing holds it."""
+    return shlex.join([*CLI, *fit_args(grid, cell, seed)])
 
 
 def resolve(args: list[str]) -> dict[str, Any]:

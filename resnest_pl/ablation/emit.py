@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from .commands import CLI, fit_args, grid_args
+from .commands import CLI, EXTERNAL_DONE, command_line, grid_args, run_dir
 from .grid import Cell, GridFile, compact
 
 WANDB_PRESET = "configs/logger/wandb.yaml"
@@ -67,18 +67,18 @@ def write_sweep(grid: GridFile, cells: list[Cell], path: Path) -> Path:
     return path
 
 
-def commands(grid: GridFile, cells: list[Cell]) -> list[str]:
-    """One shell line per cell-seed: the runner's own fit command for it."""
-    return [shlex.join([*CLI, *fit_args(grid, cell, seed)]) for cell in cells for seed in grid.seeds]
-
-
 def write_slurm(grid: GridFile, cells: list[Cell], folder: Path) -> tuple[Path, Path]:
-    """``<folder>/commands.txt`` (a line per cell-seed) and ``<folder>/ablation.sbatch``, a job array whose task
-    ``i`` runs line ``i`` with ``srun``; ``grid.slurm`` adds ``#SBATCH --key=value`` lines (gres, time, ...)."""
+    """``<folder>/commands.txt`` (the runner's own fit command of each cell-seed, a line each), ``run_dirs.txt``
+    (their folders, in the same order) and ``<folder>/ablation.sbatch``, a job array whose task ``i`` runs line
+    ``i`` with ``srun`` and, when it succeeds, writes the line into ``<run folder>/fit.done``: a later
+    ``python -m resnest_pl.ablate`` adopts those runs instead of running them again. ``grid.slurm`` adds
+    ``#SBATCH --key=value`` lines (gres, time, ...)."""
     folder.mkdir(parents=True, exist_ok=True)
-    lines = commands(grid, cells)
-    listing = folder / "commands.txt"
+    runs = [(cell, seed) for cell in cells for seed in grid.seeds]
+    lines = [command_line(grid, cell, seed) for cell, seed in runs]
+    listing, dirs = folder / "commands.txt", folder / "run_dirs.txt"
     listing.write_text("\n".join(lines) + "\n")
+    dirs.write_text("".join(f"{run_dir(grid, cell, seed)}\n" for cell, seed in runs))
     options = "".join(f"#SBATCH --{key}={value}\n" for key, value in grid.slurm.items())
     script = folder / "ablation.sbatch"
     script.write_text(
@@ -92,6 +92,8 @@ def write_slurm(grid: GridFile, cells: list[Cell], folder: Path) -> tuple[Path, 
         "set -euo pipefail\n"
         'cd "${SLURM_SUBMIT_DIR:-.}"\n'
         f'line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(listing))})\n'
+        f'run_dir=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(dirs))})\n'
         'eval "srun $line"\n'
+        f'printf "%s\\n" "$line" > "$run_dir/{EXTERNAL_DONE}"\n'
     )
     return script, listing
