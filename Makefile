@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 CONFIG ?= configs/quickstart.yaml
 
-.PHONY: install quickstart test test-fast lint format bench bench-data ablate variants clean
+.PHONY: install quickstart test test-fast lint format bench bench-data bench-memory ablate variants clean
 
 install: $(VENV)/.installed
 
@@ -40,6 +40,9 @@ bench: install
 
 bench-data: install
 	$(PY) benchmarks/data_speed.py
+
+bench-memory: install
+	$(PY) benchmarks/host_memory.py
 
 # One intra-op thread per fit: on a 2-core machine torch's default two threads stall whenever anything else runs.
 ablate: install

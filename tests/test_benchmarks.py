@@ -9,9 +9,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_benchmark(*args: str) -> str:
+def run_benchmark(*args: str, script: str = "model_speed.py") -> str:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "model_speed.py"), *args],
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -47,3 +47,13 @@ def test_unknown_config_is_refused() -> None:
     )
     assert done.returncode != 0
     assert "unknown --configs fp64" in done.stderr
+
+
+def test_host_memory_benchmark_compares_plain_and_kept_children() -> None:
+    out = run_benchmark(
+        *("--model", "resnest14d", "--batch", "2", "--image-size", "32", "--steps", "1", "--warmup", "0"),
+        *("--rounds", "1"),
+        script="host_memory.py",
+    )
+    assert "| plain |" in out and "| kept |" in out
+    assert "kept / plain images/s:" in out

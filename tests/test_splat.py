@@ -89,3 +89,21 @@ def test_attention_width_follows_the_paper() -> None:
 def test_split_attention_rejects_indivisible_cardinality() -> None:
     with pytest.raises(ValueError, match="cardinality 3"):
         SplitAttentionConv2d(48, 48, radix=2, cardinality=3)
+
+
+@pytest.mark.parametrize(("radix", "cardinality"), [(1, 1), (2, 1), (4, 2)])
+def test_channels_last_input_gives_channels_last_output_and_the_same_values(radix: int, cardinality: int) -> None:
+    """The block keeps an NHWC layout through (no conversion back to NCHW, which would cost every next conv
+    a copy) and computes the same values, forward and backward."""
+    block = SplitAttentionConv2d(32, 32, radix=radix, cardinality=cardinality).double()
+    nhwc = SplitAttentionConv2d(32, 32, radix=radix, cardinality=cardinality).double()
+    nhwc.load_state_dict(block.state_dict())
+    nhwc.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 32, 7, 7, dtype=torch.float64, requires_grad=True)
+    x_nhwc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    out, out_nhwc = block(x), nhwc(x_nhwc)
+    assert out_nhwc.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out_nhwc, out, rtol=1e-12, atol=1e-12)
+    out.square().sum().backward()
+    out_nhwc.square().sum().backward()
+    torch.testing.assert_close(x_nhwc.grad, x.grad, rtol=1e-10, atol=1e-12)
