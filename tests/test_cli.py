@@ -6,6 +6,7 @@ import csv
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -267,7 +268,13 @@ def test_wandb_without_key_runs_offline_and_writes_its_files(tmp_path: Path, no_
     assert code == 0, err
     runs = list((tmp_path / "run").rglob("offline-run-*"))
     assert runs, "no offline wandb run directory"
-    log = next(runs[0].glob("run-*.wandb")).read_bytes()  # wandb's offline record log (protobuf, JSON values)
+    record_log = next(runs[0].glob("run-*.wandb"))  # wandb's offline record log (protobuf, JSON values)
+    # wandb's service process writes the log behind the run: `finish()` returns once the run is closed, and the
+    # last records can still be on their way to the file.
+    deadline = time.monotonic() + 60
+    while b"val/acc1" not in record_log.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    log = record_log.read_bytes()
     assert b"DigitsDataModule" in log  # the whole resolved config, not only the model's arguments
     assert b"val/acc1" in log
 
