@@ -127,17 +127,14 @@ class CIFAR10DataModule(ImageDataModule):
     Train: zero-pad 4, random crop 32, horizontal flip, normalise. Val and test: the official test split,
     unless ``val_fraction`` holds out a seeded, stratified part of the training set for val.
 
+    The loader arguments (``batch_size``, ``num_workers``, ``pin_memory``, ``persistent_workers``,
+    ``drop_last``, ``predict_paths``) are ImageDataModule's and documented there.
+
     Args:
         root: folder holding ``cifar-10-batches-py`` (``cifar-100-python`` for CIFAR-100).
         download: fetch the archive into ``root`` when it is missing (needs internet).
         val_fraction: share of the training set held out for val; 0 validates on the test split.
         seed: seed of that hold-out split.
-        batch_size: images per batch on each device.
-        num_workers: DataLoader worker processes; 0 loads in the main process.
-        pin_memory: page-locked batches for faster host-to-GPU copies; None pins when CUDA is available.
-        persistent_workers: keep workers alive between epochs (only used when ``num_workers > 0``).
-        drop_last: drop the last incomplete training batch.
-        predict_paths: images for ``predict``: a folder (searched recursively), an image file, or a list.
     """
 
     dataset_class: ClassVar[type[CIFAR10]] = CIFAR10
@@ -225,17 +222,7 @@ class CIFAR10DataModule(ImageDataModule):
 class CIFAR100DataModule(CIFAR10DataModule):
     """CIFAR-100 (50,000 train / 10,000 test images, 32x32, 100 fine-grained classes); see CIFAR10DataModule.
 
-    Args:
-        root: folder holding ``cifar-100-python``.
-        download: fetch the archive into ``root`` when it is missing (needs internet).
-        val_fraction: share of the training set held out for val; 0 validates on the test split.
-        seed: seed of that hold-out split.
-        batch_size: images per batch on each device.
-        num_workers: DataLoader worker processes; 0 loads in the main process.
-        pin_memory: page-locked batches for faster host-to-GPU copies; None pins when CUDA is available.
-        persistent_workers: keep workers alive between epochs (only used when ``num_workers > 0``).
-        drop_last: drop the last incomplete training batch.
-        predict_paths: images for ``predict``: a folder (searched recursively), an image file, or a list.
+    Its arguments are CIFAR10DataModule's; ``root`` holds ``cifar-100-python``.
     """
 
     dataset_class = CIFAR100

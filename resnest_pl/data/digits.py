@@ -33,17 +33,15 @@ class DigitsDataModule(ImageDataModule):
     flips since digits are not mirror-symmetric. Val and test are the same seeded, stratified hold-out.
     Normalisation statistics come from the training part.
 
+    The other loader arguments (``batch_size``, ``pin_memory``, ``persistent_workers``, ``drop_last``,
+    ``predict_paths``) are ImageDataModule's and documented there.
+
     Args:
         image_size: side of the square images (the 8x8 originals are upscaled bicubically).
         val_fraction: share of each digit held out for val and test.
         seed: seed of that split.
         max_shift: largest random shift, in pixels of ``image_size``, during training.
-        batch_size: images per batch on each device.
         num_workers: DataLoader worker processes; 0 (the default) loads in the main process, fastest here.
-        pin_memory: page-locked batches for faster host-to-GPU copies; None pins when CUDA is available.
-        persistent_workers: keep workers alive between epochs (only used when ``num_workers > 0``).
-        drop_last: drop the last incomplete training batch.
-        predict_paths: images for ``predict``: a folder (searched recursively), an image file, or a list.
     """
 
     def __init__(

@@ -24,6 +24,9 @@ class ImageFolderDataModule(ImageDataModule):
     is val); ``root/train/`` alone or ``root/<class>/`` alone, split into train and val by a seeded, stratified
     ``val_fraction``. Class folders may nest sub-folders; class indices follow the sorted training folder names.
 
+    The loader arguments (``batch_size``, ``num_workers``, ``pin_memory``, ``persistent_workers``,
+    ``drop_last``, ``predict_paths``) are ImageDataModule's and documented there.
+
     Args:
         root: the dataset folder.
         val_fraction: share of each class held out for val when there is no ``val/`` folder.
@@ -38,12 +41,6 @@ class ImageFolderDataModule(ImageDataModule):
         lighting: standard deviation of the PCA lighting noise; 0 disables.
         mean: per-channel normalisation mean (RGB, 0-1 scale).
         std: per-channel normalisation std.
-        batch_size: images per batch on each device.
-        num_workers: DataLoader worker processes; 0 loads in the main process.
-        pin_memory: page-locked batches for faster host-to-GPU copies; None pins when CUDA is available.
-        persistent_workers: keep workers alive between epochs (only used when ``num_workers > 0``).
-        drop_last: drop the last incomplete training batch.
-        predict_paths: images for ``predict``: a folder (searched recursively), an image file, or a list.
     """
 
     def __init__(

@@ -23,21 +23,11 @@ class ImageNetDataModule(ImageFolderDataModule):
     Evaluation resizes to ``eval_crop_size / crop_ratio`` and centre-crops; the paper evaluates larger than it
     trains: ResNeSt-101 224 / 256, -200 256 / 320, -269 320 / 416.
 
+    The crop, augmentation and loader arguments are ImageFolderDataModule's and documented there; this
+    module fixes the ImageNet mean, std and train/val split, and defaults to 8 loader workers.
+
     Args:
         root: folder holding ``train/`` and ``val/``.
-        crop_size: training crop.
-        eval_crop_size: val / test / predict crop; None uses ``crop_size``.
-        crop_ratio: eval crops ``eval_crop_size`` from the image resized to ``eval_crop_size / crop_ratio``.
-        auto_augment: "autoaugment" (ImageNet policy), "randaugment" (2 ops, magnitude 12) or "none", applied
-            before the random crop.
-        color_jitter: brightness, contrast and saturation jitter; 0 disables.
-        lighting: standard deviation of the PCA lighting noise; 0 disables.
-        batch_size: images per batch on each device.
-        num_workers: DataLoader worker processes; 0 loads in the main process.
-        pin_memory: page-locked batches for faster host-to-GPU copies; None pins when CUDA is available.
-        persistent_workers: keep workers alive between epochs (only used when ``num_workers > 0``).
-        drop_last: drop the last incomplete training batch.
-        predict_paths: images for ``predict``: a folder (searched recursively), an image file, or a list.
     """
 
     def __init__(
