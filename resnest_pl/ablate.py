@@ -111,16 +111,22 @@ def check_outputs(plan: Plan) -> None:
     """A finished run in the output folder must come from the same command line; otherwise stop before mixing
     results of two different grids."""
     for cell, seed in plan.runs:
-        folder = run_dir(plan.grid, cell, seed)
-        done = read_json(folder / RESULT)
-        external = folder / EXTERNAL_DONE
-        if (done is not None and done["args"] != fit_args(plan.grid, cell, seed)) or (
-            done is None and external.is_file() and external.read_text().strip() != command_line(plan.grid, cell, seed)
-        ):
+        if made_by_another_command(plan, cell, seed):
             raise GridError(
-                f"{folder} holds a run made with another command line (the grid changed); "
+                f"{run_dir(plan.grid, cell, seed)} holds a run made with another command line (the grid changed); "
                 "use another --output, or delete that folder to rerun it"
             )
+
+
+def made_by_another_command(plan: Plan, cell: Cell, seed: int) -> bool:
+    """Whether the run recorded in the cell-seed's folder (by this runner, or by a SLURM task's ``fit.done``)
+    was made with another command line than the grid's."""
+    folder = run_dir(plan.grid, cell, seed)
+    done = read_json(folder / RESULT)
+    if done is not None:
+        return done["args"] != fit_args(plan.grid, cell, seed)
+    marker = folder / EXTERNAL_DONE
+    return marker.is_file() and marker.read_text().strip() != command_line(plan.grid, cell, seed)
 
 
 def print_plan(plan: Plan) -> None:
@@ -233,27 +239,25 @@ def run_one(plan: Plan, cell: Cell, seed: int) -> tuple[dict[str, Any] | None, s
     record: dict[str, Any] = {"cell": cell.name, "seed": seed, "args": args}
     if (folder / EXTERNAL_DONE).is_file():
         # A SLURM task ran it: no wall time or peak memory of its own reached this process.
-        return record_metrics(folder, {**record, "returncode": 0, "wall_s": math.nan, "peak_rss_mib": math.nan})
+        external = {"returncode": 0, "wall_s": math.nan, "peak_rss_mib": math.nan}
+        return record_metrics(folder, {**record, **external}, "(run by the SLURM array)")
     shutil.rmtree(folder, ignore_errors=True)  # what an interrupted or failed attempt left
     ran = launch.run_logged([sys.executable, "-m", "resnest_pl.cli", *args], folder / LOG)
     record |= {"returncode": ran.returncode, "wall_s": ran.wall_s, "peak_rss_mib": ran.peak_rss_mib}
     if ran.returncode != 0:
         return failed(folder, record, last_line(folder / LOG))
-    return record_metrics(folder, record)
+    return record_metrics(folder, record, f"in {ran.wall_s:.0f} s")
 
 
-def record_metrics(folder: Path, record: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
-    """Add a finished fit's ``val/acc1`` to its record and save it as ``result.json``."""
+def record_metrics(folder: Path, record: dict[str, Any], how: str) -> tuple[dict[str, Any] | None, str]:
+    """Add a finished fit's ``val/acc1`` to its record and save it as ``result.json``; ``how`` ends the status."""
     try:
         best, final, epochs = read_val_acc1(folder / LOG_NAME)
     except ValueError as err:
         return failed(folder, record, str(err))
     record |= {ACC: best, "final_val_acc1": final, "epochs": epochs}
     write_json(folder / RESULT, record)
-    ran_here = math.isfinite(record["wall_s"])
-    return record, f"{100 * best:.2f}% best val/acc1 " + (
-        f"in {record['wall_s']:.0f} s" if ran_here else "(run by the SLURM array)"
-    )
+    return record, f"{100 * best:.2f}% best val/acc1 {how}"
 
 
 def failed(folder: Path, record: dict[str, Any], error: str) -> tuple[None, str]:

@@ -9,14 +9,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def benchmark(*args: str, script: str = "model_speed.py") -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "benchmarks" / script), *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+
+
 def run_benchmark(*args: str, script: str = "model_speed.py") -> str:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
+    done = benchmark(*args, script=script)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -38,13 +37,7 @@ def test_model_benchmark_compares_ours_with_timm_in_every_requested_config() -> 
 
 
 def test_unknown_config_is_refused() -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "model_speed.py"), "--configs", "fp64"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
+    done = benchmark("--configs", "fp64")
     assert done.returncode != 0
     assert "unknown --configs fp64" in done.stderr
 
