@@ -28,6 +28,25 @@ from .schedules import REFERENCE_BATCH, linear_scaled_lr, warmup_cosine_schedule
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
 
 
+RESUME_KEY = "resnest_pl_resume"
+
+
+def random_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """torch's global generator states (CPU, and ``device``'s when it is a GPU) as tensors, so that a
+    checkpoint holding them still loads with ``weights_only=True``."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_random_state(state: Mapping[str, torch.Tensor], device: torch.device) -> None:
+    """Restore what :func:`random_state` saved."""
+    torch.set_rng_state(state["cpu"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
 class NesterovSGD(torch.optim.SGD):
     """SGD with the paper's settings as defaults: lr 0.1 per 256 images, Nesterov momentum 0.9, weight decay 1e-4."""
 
@@ -177,6 +196,7 @@ class ResNeStClassifier(pl.LightningModule):
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         self._mix_seed = 0
+        self._rng_to_restore: dict[str, torch.Tensor] | None = None
         self._compiled = False
         self._input_shape: tuple[int, ...] | None = None
         self._flops: dict[tuple[tuple[int, ...], bool], int] = {}
@@ -254,6 +274,11 @@ class ResNeStClassifier(pl.LightningModule):
             return True
         return self.current_epoch < self.trainer.max_epochs - self.hparams.mix_off_epochs
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._rng_to_restore is not None:
+            set_random_state(self._rng_to_restore, self.device)
+            self._rng_to_restore = None
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         images, targets, skipped = self._unpack(batch)
         if images.shape[0] == 0:  # every image of the batch was unreadable: nothing to learn from
@@ -306,6 +331,11 @@ class ResNeStClassifier(pl.LightningModule):
     # ---- checkpoints -------------------------------------------------------------------------------------
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        resume = checkpoint.get(RESUME_KEY) or {}
+        if "mix_seed" in resume:
+            self._mix_seed = int(resume["mix_seed"])
+        # Applied at the first training batch, after whatever the resumed run does first (sanity check).
+        self._rng_to_restore = resume.get("random_state")
         weight = checkpoint.get("state_dict", {}).get("model.fc.weight")
         if weight is not None and weight.shape[0] != self.hparams.num_classes:
             raise IncompatibleCheckpointError(
@@ -316,6 +346,8 @@ class ResNeStClassifier(pl.LightningModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # What a resumed run needs to draw the same mixing and the same dropout / DropBlock masks.
+        checkpoint[RESUME_KEY] = {"mix_seed": self._mix_seed, "random_state": random_state(self.device)}
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         if not hparams:
             return

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from .collate import SkipUnreadable
 from .datasets import ImageFileDataset
 from .folder import find_images
+from .resumable import ResumableSampler, SeededSamples
 from .transforms import ImageTransform
 
 Split = Literal["train", "val", "test"]
@@ -37,8 +40,12 @@ class ImageDataModule(pl.LightningDataModule, ABC):
     Set by each subclass's ``__init__`` (the CLI links ``data.num_classes`` to ``model.num_classes``):
     ``num_classes``, ``class_names``, ``crop_size``, ``eval_crop_size``, ``mean``, ``std``.
 
-    Distributed training: the loaders are plain ``DataLoader`` objects, so Lightning injects its
-    ``DistributedSampler`` (``Trainer(use_distributed_sampler=True)``, the default); ``batch_size`` is per device.
+    Training order: a :class:`~resnest_pl.data.resumable.ResumableSampler`, a ``DistributedSampler`` over the
+    trainer's ranks whose shuffle and per-sample augmentation seeds depend only on the run's seed
+    (``seed_everything``), the epoch and the index. The data module's ``state_dict`` records the epoch and the
+    batches done, so a fit resumed from a mid-epoch checkpoint continues with the very next batch. Val, test
+    and predict loaders are plain ``DataLoader`` objects, split over ranks by Lightning; ``batch_size`` is per
+    device.
 
     Args:
         batch_size: images per batch on each device.
@@ -78,6 +85,8 @@ class ImageDataModule(pl.LightningDataModule, ABC):
         self.predict_paths = predict_paths
         self._datasets: dict[str, Dataset] = {}
         self._predict_files: list[str] | None = None
+        self._shuffle_seed: int | None = None
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) of a restored checkpoint
 
     @abstractmethod
     def build_dataset(self, split: Split) -> Dataset:
@@ -120,7 +129,35 @@ class ImageDataModule(pl.LightningDataModule, ABC):
         return self._datasets[split]
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True, drop_last=self.drop_last, crop=self.crop_size)
+        trainer = self.trainer
+        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        if self._shuffle_seed is None:
+            # The seed Lightning's own distributed sampler uses: seed_everything's, the same on every rank.
+            self._shuffle_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        dataset = self.dataset("train")
+        sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, seed=self._shuffle_seed)
+        if self._resume_at is not None:
+            epoch, batches = self._resume_at
+            sampler.resume_at(epoch, batches * self.batch_size)
+            self._resume_at = None
+        return self._loader("train", drop_last=self.drop_last, crop=self.crop_size, sampler=sampler)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training order's seed and, during fit, the epoch and the batches done in it (saved in checkpoints)."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit" or self._shuffle_seed is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"shuffle_seed": self._shuffle_seed, "epoch": trainer.current_epoch, "batches_done": done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "shuffle_seed" not in state_dict:
+            return
+        self._shuffle_seed = int(state_dict["shuffle_seed"])
+        epoch, done = int(state_dict["epoch"]), int(state_dict["batches_done"])
+        self._resume_at = (epoch, done)
+        if done:
+            rank_zero_info(f"resuming epoch {epoch} after its first {done} batches (same order and augmentations)")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
@@ -134,17 +171,21 @@ class ImageDataModule(pl.LightningDataModule, ABC):
     def _loader(
         self,
         split: Split | Literal["predict"],
-        shuffle: bool = False,
         drop_last: bool = False,
         crop: int | None = None,
+        sampler: ResumableSampler | None = None,
     ) -> DataLoader:
         crop = crop or self.eval_crop_size
         collate = SkipUnreadable((3, crop, crop), count_skipped=split != "predict")
         pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        dataset = self.dataset(split)
         return DataLoader(
-            self.dataset(split),
+            SeededSamples(dataset) if sampler is not None else dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
+            # Its own generator for the workers' base seed: creating the iterator must not draw from torch's
+            # global generator, or a resumed run's dropout / DropBlock masks would shift.
+            generator=torch.Generator() if sampler is not None else None,
             drop_last=drop_last,
             num_workers=self.num_workers,
             pin_memory=pin,

@@ -71,8 +71,26 @@ class ImageTransform:
         self.pipeline = pipeline
         self.min_source_side = min_source_side
         self._seeded_from: int | None = None
+        self._next_seed: int | None = None
+
+    def reseed(self, seed: int) -> None:
+        """Draw the next call's augmentations from ``seed`` alone, whatever the process or its history.
+
+        A resumable training loader seeds every sample from (run seed, epoch, index), so a run resumed
+        mid-epoch, or one with another number of workers, augments each image exactly as before.
+        """
+        self._next_seed = seed
+        self._seeded_from = torch.initial_seed()  # the per-process reseeding below must not override it
+        self.pipeline.set_random_seed(seed)
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
+        if self._next_seed is not None:
+            seed, self._next_seed = self._next_seed, None
+            # Torchvision's AutoAugment / RandAugment draw from torch's global generator: seed a fork of it,
+            # so the caller's stream (dropout, DropBlock in a num_workers=0 run) is left untouched.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self.pipeline(image=image)["image"]
         torch_seed = torch.initial_seed()
         if torch_seed != self._seeded_from:
             self._seeded_from = torch_seed

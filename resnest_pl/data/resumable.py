@@ -1,0 +1,78 @@
+"""A training order that a run resumed in the middle of an epoch continues exactly.
+
+Lightning restores the loop counters of a mid-epoch checkpoint but, with a plain ``DataLoader``, starts the
+epoch's data from its first batch again (and re-draws the shuffle and the augmentations from wherever the
+random generators happen to be). Here the order and every sample's augmentations are functions of
+``(seed, epoch, index)`` only:
+
+- :class:`ResumableSampler` is torch's ``DistributedSampler`` (a permutation drawn from
+  ``seed + epoch``, split over the ranks; Lightning leaves a sampler of that class in place under DDP) that can
+  start an epoch part-way and pairs each index with a per-sample seed;
+- :class:`SeededSamples` hands that seed to the dataset's transform before loading the sample.
+
+torchdata's ``StatefulDataLoader`` restores a position too, but not the augmentation streams, and Lightning
+records a loader's state after its one-batch prefetch, one batch too far.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+from torch.utils.data import Dataset, DistributedSampler, Subset
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of sample ``index`` in ``epoch`` of a run seeded with ``seed``."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class ResumableSampler(DistributedSampler):
+    """Shuffled ``(index, sample seed)`` pairs for one rank, in an order fixed by ``seed`` and the epoch.
+
+    Args:
+        dataset: the training dataset.
+        num_replicas: processes training together (``trainer.world_size``).
+        rank: this process's rank among them.
+        seed: seed of the shuffle and of the per-sample augmentation seeds.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self._resume: tuple[int, int] | None = None
+
+    def resume_at(self, epoch: int, samples_done: int) -> None:
+        """Skip the first ``samples_done`` samples of this rank's share of ``epoch`` (once)."""
+        self._resume = (epoch, samples_done)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        indices = list(super().__iter__())
+        start = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            start = self._resume[1]
+            self._resume = None
+        for index in indices[start:]:
+            yield index, sample_seed(self.seed, self.epoch, index)
+
+
+class SeededSamples(Dataset):
+    """``dataset[(index, seed)]``: the sample at ``index`` with its transform seeded by ``seed``.
+
+    The dataset (or the one a ``Subset`` selects from) keeps its transform in ``transform``, with a
+    ``reseed(seed)`` method (:class:`resnest_pl.data.transforms.ImageTransform`).
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        source = dataset
+        while isinstance(source, Subset):
+            source = source.dataset
+        self.transform = source.transform  # type: ignore[attr-defined]
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> object:
+        index, seed = key
+        self.transform.reseed(seed)
+        return self.dataset[index]
