@@ -20,6 +20,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from .callbacks import KeepHostMemory
 from .data import DataLayoutError, DatasetNotFoundError, ImageDataModule
+from .eval_settings import fill_published_eval_settings
 from .loggers import finish_loggers, start_loggers
 from .models import IncompatibleCheckpointError
 from .module import ResNeStClassifier
@@ -52,6 +53,7 @@ class ResNeStCLI(LightningCLI):
         # ModelCheckpoint writes to <default_root_dir>/checkpoints rather than a per-version folder,
         # so that `fit --ckpt_path last` finds the previous run's last.ckpt.
         config = self.config[self.subcommand] if self.subcommand else self.config
+        fill_published_eval_settings(config)
         root = Path(config.trainer.default_root_dir or os.getcwd())
         if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
             # Every run of a wandb sweep gets the same command line: keep their checkpoints apart.
