@@ -7,13 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from PIL import Image
 from resnest.transforms import ECenterCrop
 from sklearn.datasets import load_sample_images
 from torchvision.transforms.v2 import functional as TF
 
+from resnest_pl.cli import main
 from resnest_pl.data import IMAGENET_MEAN, IMAGENET_STD, ImageNetDataModule
-from resnest_pl.models import get_variant
+from resnest_pl.models import create_model, get_variant
 
 from .cli_config import parsed_config
 from .fixtures import WNIDS
@@ -112,8 +114,6 @@ def test_small_image_data_modules_are_left_alone() -> None:
 
 
 def test_bad_crop_pct_is_one_error_line(photo_val: Path, capsys: pytest.CaptureFixture) -> None:
-    from resnest_pl.cli import main
-
     args = ["validate", "--config", str(CONFIGS["resnest50"]), "--data.init_args.root", str(photo_val)]
     with pytest.raises(SystemExit) as exit_:
         main([*args, "--data.init_args.crop_pct", "1.5", "--trainer.logger", "false"])
@@ -122,3 +122,22 @@ def test_bad_crop_pct_is_one_error_line(photo_val: Path, capsys: pytest.CaptureF
         "error: crop_pct must be in (0, 1], got 1.5; it is the share of the shorter side kept by the "
         "evaluation centre crop (0.875 is the usual ImageNet value)"
     )
+
+
+def test_validate_published_weights_on_a_val_only_folder(photo_val: Path, tmp_path: Path, capsys) -> None:
+    """The README's command, with a local weights file standing in for the download."""
+    weights = tmp_path / "resnest14d.pth"
+    torch.save(create_model("resnest14d").state_dict(), weights)
+    args = ["validate", "--config", str(CONFIGS["resnest50"]), "--model.model_name", "resnest14d"]
+    args += ["--model.pretrained", str(weights), "--data.init_args.root", str(photo_val)]
+    args += ["--data.init_args.num_workers", "0", "--trainer.default_root_dir", str(tmp_path / "run")]
+    args += ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+    main(args)
+    out = capsys.readouterr().out
+    assert "val/acc1" in out and "val/loss" in out
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["init_args"]
+    assert (saved["eval_crop_size"], saved["crop_pct"], saved["interpolation"]) == (
+        224,
+        0.875,
+        "bilinear",
+    )  # resnest14d's
