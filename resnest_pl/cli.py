@@ -25,6 +25,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from .callbacks import KeepHostMemory
 from .checkpointing import HPC_PATTERN, LAST_NAME, LastCheckpoint, check_checkpoint_file
 from .data import DataLayoutError, DatasetNotFoundError, ImageDataModule
+from .eval_settings import fill_published_eval_settings
 from .loggers import finish_loggers, start_loggers
 from .models import IncompatibleCheckpointError
 from .module import ResNeStClassifier
@@ -97,6 +98,7 @@ class ResNeStCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        fill_published_eval_settings(config)
         configured = configured_callback_classes(config.trainer.get("callbacks"))
         kept = []
         for callback in self.trainer_defaults["callbacks"]:

@@ -27,7 +27,8 @@ def test_imagenet_attributes_after_init(imagenet):
     assert dm.num_classes == 3 and dm.class_names == WNIDS
     assert (dm.crop_size, dm.eval_crop_size) == (64, 72)
     assert dm.mean == (0.485, 0.456, 0.406)
-    assert ImageNetDataModule(str(imagenet)).eval_crop_size == 224  # defaults to the training crop
+    default = ImageNetDataModule(str(imagenet))  # built directly: the CLI passes the model's published settings
+    assert (default.eval_crop_size, default.crop_pct, default.interpolation) == (224, 0.875, "bicubic")
 
 
 def test_imagenet_stages_and_batch_format(imagenet, tmp_path):

@@ -46,17 +46,29 @@ def test_bicubic_and_efficientnet_crop_from_320():
     assert small_crop.interpolation == cv2.INTER_LINEAR and tuple(small_crop.scale) == (0.08, 1.0)
     assert large_crop.interpolation == cv2.INTER_CUBIC and tuple(large_crop.scale) == (0.1, 1.0)
     assert large_crop.area_for_downscale == "image"
-    (small_resize,) = find(eval_transform(256), A.SmallestMaxSize)
-    (large_resize,) = find(eval_transform(320), A.SmallestMaxSize)
-    assert small_resize.interpolation == cv2.INTER_LINEAR and small_resize.max_size == 292
-    assert large_resize.interpolation == cv2.INTER_CUBIC and large_resize.max_size == 365
 
 
-def test_eval_resize_uses_crop_ratio():
-    (resize,) = find(eval_transform(224, crop_ratio=0.875), A.SmallestMaxSize)
-    assert resize.max_size == 256
-    with pytest.raises(ValueError, match="crop_ratio"):
-        eval_transform(224, crop_ratio=1.5)
+def test_eval_interpolation_is_chosen_not_tied_to_the_crop():
+    (bicubic,) = find(eval_transform(256), A.SmallestMaxSize)
+    (bilinear,) = find(eval_transform(320, interpolation="bilinear"), A.SmallestMaxSize)
+    assert bicubic.interpolation == cv2.INTER_CUBIC and bicubic.max_size == 292
+    assert bilinear.interpolation == cv2.INTER_LINEAR and bilinear.max_size == 365
+    assert bicubic.area_for_downscale == "image"
+    with pytest.raises(ValueError, match="interpolation must be one of 'bilinear', 'bicubic', got 'lanczos'"):
+        eval_transform(224, interpolation="lanczos")
+
+
+@pytest.mark.parametrize(("crop", "crop_pct", "resize"), [(224, 0.875, 256), (256, 256 / 288, 288), (416, 0.928, 448)])
+def test_eval_resize_uses_crop_pct(crop, crop_pct, resize):
+    (step,) = find(eval_transform(crop, crop_pct=crop_pct), A.SmallestMaxSize)
+    assert step.max_size == resize
+    assert eval_transform(crop, crop_pct=crop_pct)(photo()).shape == (3, crop, crop)
+
+
+@pytest.mark.parametrize("crop_pct", [0.0, 1.5])
+def test_impossible_crop_pct_is_explained(crop_pct):
+    with pytest.raises(ValueError, match=rf"crop_pct must be in \(0, 1\], got {crop_pct}; it is the share"):
+        eval_transform(224, crop_pct=crop_pct)
 
 
 @pytest.mark.parametrize(

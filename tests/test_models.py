@@ -2,50 +2,107 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
+import timm
 import torch
+from resnest import torch as reference
+from resnest.torch import ablation as reference_ablation
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops import DropBlock2d, FeaturePyramidNetwork
 
 from resnest_pl.models import Bottleneck, ResNeStConfig, SplitAttentionConv2d, create_model, get_variant, list_models
 from resnest_pl.models.__main__ import format_table, variant_rows
+from resnest_pl.models.complexity import count_macs, count_params
 
 from .helpers import tiny_model
 
-# From RESNEST_FACTS.md: params (M, 2 decimals) and GMACs at 224.
-FACTS = {
-    "resnest14d": (10.61, None),
-    "resnest26d": (17.07, None),
-    "resnest50": (27.48, 5.37),
-    "resnest101": (48.28, 10.20),
-    "resnest200": (70.20, 17.41),
-    "resnest269": (110.93, 22.43),
-    "resnest50_fast_1s1x64d": (26.22, 4.33),
-    "resnest50_fast_2s1x64d": (27.48, 4.33),
-    "resnest50_fast_4s1x64d": (31.91, 4.34),
-    "resnest50_fast_1s2x40d": (25.95, 4.36),
-    "resnest50_fast_2s2x40d": (26.94, 4.37),
-    "resnest50_fast_4s2x40d": (30.42, 4.37),
-    "resnest50_fast_1s4x24d": (25.68, 4.40),
+ROOT = Path(__file__).resolve().parents[1]
+# Exact parameter counts (1000 classes), counted once from the reference implementations' constructors:
+# resnest==0.0.5 (resnest.torch.resnest50/101/200/269, resnest.torch.ablation.resnest50_fast_*) and timm 1.0
+# (resnest14d, resnest26d, resnest50d, resnest101e, resnest200e, resnest269e, resnest50d_4s2x40d,
+# resnest50d_1s4x24d), as sum(p.numel() for p in model.parameters()); the two agree wherever both build one.
+PARAMS = {
+    "resnest14d": 10_611_688,
+    "resnest26d": 17_069_448,
+    "resnest50": 27_483_240,
+    "resnest101": 48_275_016,
+    "resnest200": 70_201_544,
+    "resnest269": 110_929_480,
+    "resnest50_fast_1s1x64d": 26_217_896,
+    "resnest50_fast_2s1x64d": 27_483_240,
+    "resnest50_fast_4s1x64d": 31_912_712,
+    "resnest50_fast_1s2x40d": 25_946_680,
+    "resnest50_fast_2s2x40d": 26_943_792,
+    "resnest50_fast_4s2x40d": 30_417_592,
+    "resnest50_fast_1s4x24d": 25_677_000,
 }
-EVAL_CROPS = {"resnest101": 256, "resnest200": 320, "resnest269": 416}
+TIMM_NAMES = {
+    "resnest14d": "resnest14d",
+    "resnest26d": "resnest26d",
+    "resnest50": "resnest50d",
+    "resnest101": "resnest101e",
+    "resnest200": "resnest200e",
+    "resnest269": "resnest269e",
+    "resnest50_fast_4s2x40d": "resnest50d_4s2x40d",
+    "resnest50_fast_1s4x24d": "resnest50d_1s4x24d",
+}
+
+
+def reference_constructor(name: str) -> Callable[[], nn.Module] | None:
+    """The reference package's constructor of ``name``, if it has one (it lacks resnest14d and resnest26d)."""
+    return getattr(reference, name, None) or getattr(reference_ablation, name, None)
+
+
+def readme_variant_table() -> list[str]:
+    """The lines of the README's variant table."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Variant table", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("|")]
 
 
 def test_every_paper_variant_is_listed() -> None:
-    assert list_models() == list(FACTS)
+    assert list_models() == list(PARAMS)
     assert {"resnest50d", "resnest101e", "resnest200e", "resnest269e"} <= set(list_models(include_aliases=True))
 
 
-def test_variant_table_matches_the_facts_sheet() -> None:
-    rows = {r["name"]: r for r in variant_rows(list_models())}
-    for name, (params, gmacs) in FACTS.items():
-        assert round(rows[name]["params_M"], 2) == params, name
-        if gmacs is not None:
-            assert rows[name]["gmacs_224"] == pytest.approx(gmacs, rel=0.01), name
-        assert rows[name]["eval_crop"] == EVAL_CROPS.get(name, 224)
-    assert rows["resnest269"]["gmacs_eval"] > 3 * rows["resnest269"]["gmacs_224"]  # 416 px vs 224 px
-    assert "| resnest50 | 3,4,6,3 | 27.48M | 5.37 | 224 | 5.37 |" in format_table(list(rows.values()))
+@pytest.mark.parametrize("name", list(PARAMS))
+def test_parameter_counts_are_exact_and_the_references(name: str) -> None:
+    with torch.device("meta"):  # ResNeSt-269 in milliseconds: shapes only
+        ours = count_params(create_model(name))
+        references = [count_params(timm.create_model(TIMM_NAMES[name]))] if name in TIMM_NAMES else []
+        if (constructor := reference_constructor(name)) is not None:
+            references.append(count_params(constructor()))
+    assert ours == PARAMS[name]
+    assert references and all(count == ours for count in references)
+
+
+def test_the_readme_variant_table_is_the_live_count() -> None:
+    """Every params, GMACs, eval crop, crop_pct and interpolation figure the README prints."""
+    assert readme_variant_table() == format_table(variant_rows(list_models())).splitlines()
+
+
+@pytest.mark.parametrize("name", ["resnest50", "resnest269", "resnest50_fast_1s4x24d"])
+def test_macs_are_counted_as_for_the_reference(name: str) -> None:
+    constructor = reference_constructor(name)
+    assert constructor is not None
+    with torch.device("meta"):
+        ours, theirs = create_model(name), constructor()
+    assert count_macs(ours, 224) == count_macs(theirs, 224)
+
+
+def test_published_eval_settings() -> None:
+    """The official evaluation keeps crop / (crop + 32) of the shorter side, bicubic; timm's configs for the
+    Gluon-converted resnest14d / 26d use 0.875, bilinear."""
+    for name in list_models():
+        variant = get_variant(name)
+        assert variant.eval_crop == {"resnest101": 256, "resnest200": 320, "resnest269": 416}.get(name, 224)
+        assert variant.crop_pct == pytest.approx(variant.eval_crop / (variant.eval_crop + 32), abs=1e-12)
+        assert variant.interpolation == ("bilinear" if name in ("resnest14d", "resnest26d") else "bicubic")
+    assert get_variant("resnest269e").crop_pct == pytest.approx(0.928, abs=1e-3)  # timm's 416 px config
 
 
 def test_fast_variants_are_their_rskxwd_setting() -> None:

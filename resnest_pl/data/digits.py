@@ -81,7 +81,9 @@ class DigitsDataModule(ImageDataModule):
         )
 
     def eval_transform(self) -> ImageTransform:
-        return transforms.eval_transform(self.image_size, crop_ratio=1.0, mean=self.mean, std=self.std)
+        return transforms.eval_transform(
+            self.image_size, crop_pct=1.0, interpolation="bilinear", mean=self.mean, std=self.std
+        )
 
     def build_dataset(self, split: Split) -> Dataset:
         indices = self.train_indices if split == "train" else self.val_indices

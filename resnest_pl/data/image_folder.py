@@ -12,7 +12,7 @@ from .datasets import ImageFileDataset
 from .errors import DataLayoutError, DatasetNotFoundError
 from .folder import list_classes, scan_class_folders
 from .split import stratified_split
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, AutoAugmentName, ImageTransform
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, AutoAugmentName, ImageTransform, Interpolation
 
 _LAYOUTS = "<root>/train/<class>/*.jpg with <root>/val/<class>/*.jpg (and optionally test/), or <root>/<class>/*.jpg"
 
@@ -32,15 +32,21 @@ class ImageFolderDataModule(ImageDataModule):
         val_fraction: share of each class held out for val when there is no ``val/`` folder.
         seed: seed of that split.
         crop_size: training crop.
-        eval_crop_size: val / test / predict crop; None uses ``crop_size``. Evaluating larger than training
-            is common (ResNeSt-101: 224 / 256).
-        crop_ratio: eval crops ``eval_crop_size`` from the image resized to ``eval_crop_size / crop_ratio``.
+        eval_crop_size: val / test / predict crop. Evaluating larger than training is common (ResNeSt-101:
+            224 / 256).
+        crop_pct: evaluation keeps the centre ``crop_pct`` of the shorter side: it resizes that side to
+            ``eval_crop_size / crop_pct`` and centre-crops ``eval_crop_size``.
+        interpolation: "bicubic" or "bilinear", for the evaluation resize.
         auto_augment: "autoaugment" (ImageNet policy), "randaugment" (2 ops, magnitude 12) or "none", applied
-            before the random crop.
+            before the random crop. Training resizes as the recipe does (bicubic from 320 pixels, else bilinear).
         color_jitter: brightness, contrast and saturation jitter; 0 disables.
         lighting: standard deviation of the PCA lighting noise; 0 disables.
         mean: per-channel normalisation mean (RGB, 0-1 scale).
         std: per-channel normalisation std.
+
+    The three evaluation settings default to None: the CLI sets them to the model's published ones (how its
+    top-1 was measured, ``resnest_pl.models.get_variant(name)``); built directly, None means ``crop_size``,
+    0.875 and bicubic.
     """
 
     def __init__(
@@ -50,7 +56,8 @@ class ImageFolderDataModule(ImageDataModule):
         seed: int = 0,
         crop_size: int = 224,
         eval_crop_size: int | None = None,
-        crop_ratio: float = 0.875,
+        crop_pct: float | None = None,
+        interpolation: Interpolation | None = None,
         auto_augment: AutoAugmentName = "none",
         color_jitter: float = 0.4,
         lighting: float = 0.1,
@@ -68,13 +75,16 @@ class ImageFolderDataModule(ImageDataModule):
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if auto_augment not in ("none", "autoaugment", "randaugment"):
             raise ValueError(f"auto_augment must be 'none', 'autoaugment' or 'randaugment', got {auto_augment!r}")
-        transforms.eval_resize_size(crop_size, crop_ratio)  # validates crop_ratio now rather than at setup
+        # Validated now rather than at setup.
+        self.crop_pct = transforms.DEFAULT_CROP_PCT if crop_pct is None else crop_pct
+        self.interpolation: Interpolation = "bicubic" if interpolation is None else interpolation
+        transforms.eval_resize_size(crop_size, self.crop_pct)
+        transforms.eval_interpolation(self.interpolation)
         self.root = Path(root)
         self.val_fraction = val_fraction
         self.seed = seed
         self.crop_size = crop_size
         self.eval_crop_size = crop_size if eval_crop_size is None else eval_crop_size
-        self.crop_ratio = crop_ratio
         self.auto_augment = auto_augment
         self.color_jitter = color_jitter
         self.lighting = lighting
@@ -110,7 +120,7 @@ class ImageFolderDataModule(ImageDataModule):
         )
 
     def eval_transform(self) -> ImageTransform:
-        return transforms.eval_transform(self.eval_crop_size, self.crop_ratio, self.mean, self.std)
+        return transforms.eval_transform(self.eval_crop_size, self.crop_pct, self.interpolation, self.mean, self.std)
 
     def files(self, split: Split) -> tuple[list[str], list[int]]:
         """Image paths and class indices of ``split``."""

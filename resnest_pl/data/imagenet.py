@@ -8,7 +8,7 @@ from .base import Split
 from .errors import DatasetNotFoundError
 from .folder import scan_class_folders
 from .image_folder import ImageFolderDataModule
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, AutoAugmentName
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, AutoAugmentName, Interpolation
 
 VALPREP_URL = "https://raw.githubusercontent.com/soumith/imagenetloader.torch/master/valprep.sh"
 _LAYOUT = "<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG (e.g. train/n01440764/n01440764_10026.JPEG)"
@@ -20,8 +20,9 @@ class ImageNetDataModule(ImageFolderDataModule):
     Classes are the sorted wnid folders of ``train/`` (of ``val/`` when only it is there, e.g. to evaluate
     published weights). Training follows the paper: random-resized crop (EfficientNet-style and bicubic from 320
     pixels), flip, colour jitter 0.4, PCA lighting 0.1, optional AutoAugment / RandAugment before the crop.
-    Evaluation resizes to ``eval_crop_size / crop_ratio`` and centre-crops; the paper evaluates larger than it
-    trains: ResNeSt-101 224 / 256, -200 256 / 320, -269 320 / 416.
+    Evaluation resizes the shorter side to ``eval_crop_size / crop_pct`` and centre-crops; the paper evaluates
+    larger than it trains: ResNeSt-101 224 / 256, -200 256 / 320, -269 320 / 416, each with crop_pct
+    ``crop / (crop + 32)`` and bicubic resizing (through the CLI these are the model's by default).
 
     The crop, augmentation and loader arguments are ImageFolderDataModule's and documented there; this
     module fixes the ImageNet mean, std and train/val split, and defaults to 8 loader workers.
@@ -35,7 +36,8 @@ class ImageNetDataModule(ImageFolderDataModule):
         root: str,
         crop_size: int = 224,
         eval_crop_size: int | None = None,
-        crop_ratio: float = 0.875,
+        crop_pct: float | None = None,
+        interpolation: Interpolation | None = None,
         auto_augment: AutoAugmentName = "none",
         color_jitter: float = 0.4,
         lighting: float = 0.1,
@@ -51,7 +53,8 @@ class ImageNetDataModule(ImageFolderDataModule):
             val_fraction=0.0,
             crop_size=crop_size,
             eval_crop_size=eval_crop_size,
-            crop_ratio=crop_ratio,
+            crop_pct=crop_pct,
+            interpolation=interpolation,
             auto_augment=auto_augment,
             color_jitter=color_jitter,
             lighting=lighting,

@@ -17,6 +17,9 @@ from albumentations.pytorch import ToTensorV2
 from torchvision.transforms import v2
 
 AutoAugmentName = Literal["none", "autoaugment", "randaugment"]
+Interpolation = Literal["bilinear", "bicubic"]
+EVAL_INTERPOLATIONS: dict[str, int] = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
+DEFAULT_CROP_PCT = 0.875
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,15 +38,28 @@ RANDAUGMENT_MAGNITUDE = 12  # of 30, as in the authors' later PyTorch recipe
 
 
 def interpolation_for(crop_size: int) -> int:
-    """OpenCV interpolation used to resize to ``crop_size``: bicubic from 320 pixels, bilinear below."""
+    """OpenCV interpolation of the training crop: bicubic from 320 pixels, bilinear below (the recipe's)."""
     return cv2.INTER_CUBIC if crop_size >= BICUBIC_FROM else cv2.INTER_LINEAR
 
 
-def eval_resize_size(crop_size: int, crop_ratio: float) -> int:
-    """Shorter side before the centre crop: ``crop_size / crop_ratio`` rounded down (224 at 0.875 -> 256)."""
-    if not 0 < crop_ratio <= 1:
-        raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}; 0.875 is the usual ImageNet value")
-    return int(crop_size / crop_ratio)
+def eval_resize_size(crop_size: int, crop_pct: float) -> int:
+    """Shorter side before the centre crop: ``crop_size / crop_pct`` rounded down (224 at 0.875 -> 256).
+
+    Rounded to 6 decimals first, so that an exact ``crop / (crop + 32)`` gives back ``crop + 32``.
+    """
+    if not 0 < crop_pct <= 1:
+        raise ValueError(
+            f"crop_pct must be in (0, 1], got {crop_pct}; it is the share of the shorter side kept by the "
+            "evaluation centre crop (0.875 is the usual ImageNet value)"
+        )
+    return math.floor(round(crop_size / crop_pct, 6))
+
+
+def eval_interpolation(name: Interpolation) -> int:
+    """OpenCV flag of an interpolation named as in timm (``"bilinear"``, ``"bicubic"``)."""
+    if name not in EVAL_INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(map(repr, EVAL_INTERPOLATIONS))}, got {name!r}")
+    return EVAL_INTERPOLATIONS[name]
 
 
 def _process_seed() -> int:
@@ -204,18 +220,21 @@ def imagenet_train_transform(
 
 def eval_transform(
     crop_size: int = 224,
-    crop_ratio: float = 0.875,
+    crop_pct: float = DEFAULT_CROP_PCT,
+    interpolation: Interpolation = "bicubic",
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> ImageTransform:
-    """Resize the shorter side to ``crop_size / crop_ratio``, centre-crop ``crop_size``, normalise.
+    """Resize the shorter side to ``crop_size / crop_pct``, centre-crop ``crop_size``, normalise.
 
-    Bicubic from 320 pixels when enlarging; area averaging when shrinking. ``crop_ratio=1`` just resizes
-    the shorter side to ``crop_size`` (for images already at the model's size it changes nothing).
+    The same field of view as the official ResNeSt evaluation, which crops the centre ``crop_pct`` of the
+    shorter side first and resizes it to ``crop_size`` afterwards. ``interpolation`` applies when enlarging;
+    shrinking averages areas, which like PIL's filters does not alias. ``crop_pct=1`` just resizes the shorter
+    side to ``crop_size`` (for images already at the model's size it changes nothing).
     """
-    resize = eval_resize_size(crop_size, crop_ratio)
+    resize = eval_resize_size(crop_size, crop_pct)
     steps = [
-        A.SmallestMaxSize(max_size=resize, interpolation=interpolation_for(crop_size), area_for_downscale="image"),
+        A.SmallestMaxSize(max_size=resize, interpolation=eval_interpolation(interpolation), area_for_downscale="image"),
         A.CenterCrop(height=crop_size, width=crop_size),
         A.Normalize(mean=mean, std=std),
         ToTensorV2(),

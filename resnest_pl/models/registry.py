@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from os import PathLike
+from typing import Literal
 
 from .config import ResNeStConfig
 from .resnest import ResNeSt
@@ -13,15 +14,34 @@ from .weights import load_pretrained
 OFFICIAL_URL = "https://github.com/zhanghang1989/ResNeSt/releases/download/weights_step1/{file}"
 TIMM_URL = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-resnest/{file}"
 
+Interpolation = Literal["bilinear", "bicubic"]
+
+
+def official_crop_pct(eval_crop: int) -> float:
+    """The share of the image's short side the official evaluation keeps: ``crop / (crop + 32)``.
+
+    The published top-1 of the official weights was measured by the ResNeSt repository's
+    ``scripts/torch/verify.py`` (class ``ECenterCrop``): the centre square of that share of the short side,
+    resized bicubic to ``crop``. 224 -> 0.875, 256 -> 0.889, 320 -> 0.909, 416 -> 0.929.
+    """
+    return eval_crop / (eval_crop + 32)
+
 
 @dataclass(frozen=True)
 class Variant:
-    """A published architecture: its configuration, crops and official weights."""
+    """A published architecture: its configuration, crops, evaluation settings and official weights.
+
+    ``eval_crop``, ``crop_pct`` and ``interpolation`` are how the published top-1 was measured (timm's names):
+    the shorter side resized to ``eval_crop / crop_pct`` with that interpolation, then the centre
+    ``eval_crop`` square. Sources per variant are in docs/recipe.md.
+    """
 
     name: str
     arch: dict = field(default_factory=dict)
     train_crop: int = 224
     eval_crop: int = 224
+    crop_pct: float = official_crop_pct(224)
+    interpolation: Interpolation = "bicubic"
     weights_url: str | None = None
     aliases: tuple[str, ...] = ()
 
@@ -40,17 +60,23 @@ def _fast(setting: str, radix: int, cardinality: int, width: int, sha: str, alia
     )
 
 
+# Evaluation: the official weights (ResNeSt-50/101/200/269 and the fast family) as scripts/torch/verify.py of
+# the official repository measured them, crop / (crop + 32) of the short side, bicubic. resnest14d and
+# resnest26d are Gluon weights converted by timm; their published top-1 is timm's evaluation, made with
+# timm's pretrained configs for them: 224 px, crop_pct 0.875, bilinear.
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in [
         Variant(
             "resnest14d",
-            dict(layers=(1, 1, 1, 1)),
+            interpolation="bilinear",
+            arch=dict(layers=(1, 1, 1, 1)),
             weights_url=TIMM_URL.format(file="gluon_resnest14-9c8fe254.pth"),
         ),
         Variant(
             "resnest26d",
-            dict(layers=(2, 2, 2, 2)),
+            interpolation="bilinear",
+            arch=dict(layers=(2, 2, 2, 2)),
             weights_url=TIMM_URL.format(file="gluon_resnest26-50eb607c.pth"),
         ),
         Variant(
@@ -63,6 +89,7 @@ VARIANTS: dict[str, Variant] = {
             "resnest101",
             dict(layers=(3, 4, 23, 3), stem_width=64),
             eval_crop=256,
+            crop_pct=official_crop_pct(256),
             weights_url=OFFICIAL_URL.format(file="resnest101-22405ba7.pth"),
             aliases=("resnest101e",),
         ),
@@ -71,6 +98,7 @@ VARIANTS: dict[str, Variant] = {
             dict(layers=(3, 24, 36, 3), stem_width=64),
             train_crop=256,
             eval_crop=320,
+            crop_pct=official_crop_pct(320),
             weights_url=OFFICIAL_URL.format(file="resnest200-75117900.pth"),
             aliases=("resnest200e",),
         ),
@@ -79,6 +107,7 @@ VARIANTS: dict[str, Variant] = {
             dict(layers=(3, 30, 48, 8), stem_width=64),
             train_crop=320,
             eval_crop=416,
+            crop_pct=official_crop_pct(416),
             weights_url=OFFICIAL_URL.format(file="resnest269-0cc87c48.pth"),
             aliases=("resnest269e",),
         ),
