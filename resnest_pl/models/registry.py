@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from os import PathLike
 
 from .config import ResNeStConfig
 from .resnest import ResNeSt
-from .weights import load_pretrained
+from .weights import IncompatibleCheckpointError, exported_config, load_pretrained
 
 OFFICIAL_URL = "https://github.com/zhanghang1989/ResNeSt/releases/download/weights_step1/{file}"
 TIMM_URL = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-resnest/{file}"
@@ -124,7 +126,9 @@ def create_model(
         num_classes: classifier outputs; pretrained weights for another class count keep their
             trunk and get a freshly initialised classifier.
         pretrained: ``True`` for the official weights (downloaded once into the torch.hub cache and
-            checked against their sha256 prefix), or a local file / URL of a state dict or checkpoint.
+            checked against their sha256 prefix), or a local file / URL of a state dict or checkpoint, a
+            ``.safetensors`` file, or a folder written by ``python -m resnest_pl.export`` (whose
+            ``config.json`` must name the same architecture).
         **overrides: any :class:`ResNeStConfig` field, e.g. ``radix=4``, ``output_stride=8``.
     """
     variant = get_variant(name)
@@ -134,5 +138,40 @@ def create_model(
         source = variant.weights_url if pretrained is True else pretrained
         if source is None:
             raise ValueError(f"no official weights are published for {name!r}; pass a file or URL instead")
+        exported = exported_config(source)
+        if exported is not None:
+            theirs = (exported.get("model_name", "?"), exported.get("model_overrides") or {})
+            if not same_architecture(*theirs, name, overrides):
+                raise IncompatibleCheckpointError(
+                    f"{source} holds {describe_model(*theirs)} weights but the model is "
+                    f"{describe_model(name, overrides)}; create the model with the export's settings (its "
+                    "config.json), or pass weights of this architecture"
+                )
         load_pretrained(model, source)
     return model
+
+
+# Options that change what a network computes but none of its tensors' names or shapes.
+WEIGHT_NEUTRAL_OPTIONS = ("dropblock_prob", "final_drop", "zero_gamma", "output_stride")
+
+
+def same_architecture(
+    name: str, overrides: Mapping[str, object], other_name: str, other_overrides: Mapping[str, object]
+) -> bool:
+    """Whether two (variant, overrides) pairs have the same weights layout. Aliases are resolved, and
+    regularisation and dilation options (``WEIGHT_NEUTRAL_OPTIONS``) are ignored, so a checkpoint trained with
+    DropBlock loads into the same variant without it."""
+    try:
+        configs = [get_variant(n).config.replace(**o) for n, o in ((name, overrides), (other_name, other_overrides))]
+    except ValueError:
+        return False
+    neutral = {option: getattr(ResNeStConfig(), option) for option in WEIGHT_NEUTRAL_OPTIONS}
+    first, second = (dataclasses.replace(c, **neutral) for c in configs)
+    return first == second
+
+
+def describe_model(name: str, overrides: Mapping[str, object] | None = None) -> str:
+    """``resnest14d {width_multiplier: 0.25, stem_width: 8}``: a variant and its overrides, for messages."""
+    if not overrides:
+        return name
+    return f"{name} {{{', '.join(f'{k}: {v}' for k, v in overrides.items())}}}"
