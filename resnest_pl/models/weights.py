@@ -161,6 +161,19 @@ def extract_state_dict(checkpoint: Mapping[str, object]) -> dict[str, torch.Tens
     return state
 
 
+def state_mismatch(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str | None:
+    """How ``state`` fails to fit a model whose state dict is ``own`` (counts and examples of missing,
+    unexpected and wrongly shaped keys), or ``None`` when it fits."""
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+        if keys:
+            problems.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+    return "; ".join(problems) or None
+
+
 def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor]) -> bool:
     """Load ``state`` into ``model``; a classifier of another shape is skipped and left freshly
     initialised. Returns whether the classifier was re-initialised. Anything else that does not
@@ -172,18 +185,11 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor])
     if classifier_differs:
         state = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIX)}
         own = {k: v for k, v in own.items() if not k.startswith(CLASSIFIER_PREFIX)}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or mismatched:
-        problems = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
-            if keys:
-                problems.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+    problems = state_mismatch(own, state)
+    if problems:
         raise IncompatibleCheckpointError(
-            "the checkpoint does not match this architecture: "
-            + "; ".join(problems)
-            + ". Create the model with the same variant and overrides as the checkpoint was trained with."
+            f"the checkpoint does not match this architecture: {problems}. Create the model with the same "
+            "variant and overrides as the checkpoint was trained with."
         )
     model.load_state_dict(state, strict=not classifier_differs)
     return classifier_differs
