@@ -21,12 +21,19 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from .callbacks import KeepHostMemory
 from .data import DataLayoutError, DatasetNotFoundError, ImageDataModule
 from .loggers import finish_loggers, start_loggers
-from .models import IncompatibleCheckpointError
+from .models import IncompatibleCheckpointError, WeightsDownloadError
 from .module import ResNeStClassifier
 from .prediction import PredictionCSVWriter
 
 # Errors that describe a user's mistake (config, data, checkpoint): shown as one line, not a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, DataLayoutError, DatasetNotFoundError, IncompatibleCheckpointError)
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    DataLayoutError,
+    DatasetNotFoundError,
+    IncompatibleCheckpointError,
+    WeightsDownloadError,
+)
 DEBUG_ENV = "RESNEST_PL_DEBUG"
 
 

@@ -172,3 +172,15 @@ def test_exported_folder_of_another_variant_is_named(tmp_path: Path) -> None:
     assert same_architecture("resnest14d", {**TINY, "dropblock_prob": 0.1}, "resnest14d", TINY)
     assert same_architecture("resnest50d", {}, "resnest50", {"zero_gamma": False})
     assert not same_architecture("resnest50", {}, "resnest50", {"radix": 4})
+
+
+def test_training_checkpoint_of_another_variant_is_named(tmp_path: Path) -> None:
+    state = {f"model.{k}": v for k, v in tiny_model().state_dict().items()}
+    hparams = {"model_name": "resnest14d", "model_overrides": {"width_multiplier": 0.25}}
+    torch.save({"state_dict": state, "hyper_parameters": hparams}, tmp_path / "last.ckpt")
+    with pytest.raises(IncompatibleCheckpointError) as error:
+        tiny_model(name="resnest26d", pretrained=tmp_path / "last.ckpt")
+    assert str(error.value).startswith(
+        f"{tmp_path / 'last.ckpt'} holds resnest14d {{width_multiplier: 0.25}} weights but the model is resnest26d "
+        "{width_multiplier: 0.25, stem_width: 8, min_attn_channels: 8}; create the model with the checkpoint's settings"
+    )

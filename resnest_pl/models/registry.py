@@ -10,7 +10,13 @@ from os import PathLike
 
 from .config import ResNeStConfig
 from .resnest import ResNeSt
-from .weights import IncompatibleCheckpointError, exported_config, load_pretrained
+from .weights import (
+    IncompatibleCheckpointError,
+    exported_config,
+    extract_state_dict,
+    load_state_dict_checked,
+    read_checkpoint,
+)
 
 OFFICIAL_URL = "https://github.com/zhanghang1989/ResNeSt/releases/download/weights_step1/{file}"
 TIMM_URL = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-resnest/{file}"
@@ -138,17 +144,25 @@ def create_model(
         source = variant.weights_url if pretrained is True else pretrained
         if source is None:
             raise ValueError(f"no official weights are published for {name!r}; pass a file or URL instead")
-        exported = exported_config(source)
-        if exported is not None:
-            theirs = (exported.get("model_name", "?"), exported.get("model_overrides") or {})
-            if not same_architecture(*theirs, name, overrides):
-                raise IncompatibleCheckpointError(
-                    f"{source} holds {describe_model(*theirs)} weights but the model is "
-                    f"{describe_model(name, overrides)}; create the model with the export's settings (its "
-                    "config.json), or pass weights of this architecture"
-                )
-        load_pretrained(model, source)
+        checkpoint = read_checkpoint(source)
+        theirs = trained_architecture(source, checkpoint)
+        if theirs is not None and not same_architecture(*theirs, name, overrides):
+            raise IncompatibleCheckpointError(
+                f"{source} holds {describe_model(*theirs)} weights but the model is {describe_model(name, overrides)}; "
+                "create the model with the checkpoint's settings (model_name and model_overrides), or pass weights "
+                "of this architecture"
+            )
+        load_state_dict_checked(model, extract_state_dict(checkpoint))
     return model
+
+
+def trained_architecture(source: str | PathLike, checkpoint: Mapping[str, object]) -> tuple[str, dict] | None:
+    """``(model name, overrides)`` that ``checkpoint`` says it was trained as: an export's ``config.json``, or
+    a training checkpoint's hyper-parameters; ``None`` when it does not say (a bare state dict)."""
+    described = exported_config(source) or checkpoint.get("hyper_parameters")
+    if not isinstance(described, Mapping) or not isinstance(described.get("model_name"), str):
+        return None
+    return described["model_name"], dict(described.get("model_overrides") or {})
 
 
 # Options that change what a network computes but none of its tensors' names or shapes.
