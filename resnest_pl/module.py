@@ -166,7 +166,8 @@ class ResNeStClassifier(pl.LightningModule):
     Args:
         model_name: a name from ``resnest_pl.models.list_models()``.
         num_classes: classifier outputs; must match the data.
-        pretrained: ``True`` for the published weights, or a file / URL (a Lightning checkpoint works too);
+        pretrained: ``True`` for the published weights, or a file / URL (a Lightning checkpoint, a ``.safetensors``
+            file or a folder written by ``python -m resnest_pl.export`` work too);
             a classifier of another size is re-initialised, so this is how to fine-tune on new classes.
         model_overrides: architecture options passed to ``create_model`` (radix, dropblock_prob, ...).
         optimizer: builds the optimizer from parameter groups; its ``lr`` is per 256 images when
