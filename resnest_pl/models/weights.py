@@ -127,6 +127,8 @@ def read_checkpoint(source: str | PathLike) -> Mapping[str, object]:
     path = resolve_weights_file(text)
     try:
         return _read_file(path)
+    except PermissionError:
+        raise
     except Exception as err:  # torch, pickle, zipfile and safetensors each raise their own types
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
         if isinstance(err, pickle.UnpicklingError) and found:
