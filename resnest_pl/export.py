@@ -202,6 +202,20 @@ def _recipe_lines(checkpoint: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _metric_caveats(checkpoint: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    """What the metrics above do not measure: the exported weights when they are not the validated ones."""
+    caveats = []
+    if config["weights"] == "live" and has_ema(checkpoint):
+        caveats.append(
+            "- these scores are the EMA weights' (validation uses them); the exported live weights were not validated"
+        )
+    if len(config["sources"]) > 1:
+        caveats.append(
+            f"- these scores are `{config['sources'][-1]}`'s; the average of the checkpoints was not validated"
+        )
+    return caveats
+
+
 def model_card(checkpoint: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     """The ``README.md`` of an export."""
     record = checkpoint.get(RUN_KEY) or {}
@@ -246,6 +260,7 @@ def model_card(checkpoint: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         f"- best: {monitor} = {best:.4f} ({best_path})" if best is not None else "- best: (no monitored checkpoint)",
         "- final (when the checkpoint was saved): "
         + (", ".join(f"{k} = {v:.4f}" for k, v in sorted(final.items())) or "(not recorded)"),
+        *_metric_caveats(checkpoint, config),
         "",
         "## Loading",
         "",

@@ -93,6 +93,8 @@ def test_ema_is_the_default_and_live_is_a_choice(run: Path, tmp_path: Path) -> N
     for key in ema:
         assert torch.equal(default[key], ema[key]) and torch.equal(chosen_live[key], live[key]), key
     assert json.loads((tmp_path / "live" / "config.json").read_text())["weights"] == "live"
+    assert "the exported live weights were not validated" in (tmp_path / "live" / "README.md").read_text()
+    assert "not validated" not in (tmp_path / "default" / "README.md").read_text()
 
     del checkpoint["current_model_state"]  # as a run without model.ema_decay saves it
     torch.save(checkpoint, tmp_path / "no_ema.ckpt")
@@ -112,6 +114,7 @@ def test_average_is_the_mean_of_the_checkpoints(run: Path, tmp_path: Path) -> No
             assert torch.equal(value, b[key]), key  # num_batches_tracked: the last checkpoint's
     assert a["bn1.num_batches_tracked"] != b["bn1.num_batches_tracked"]
     assert json.loads((tmp_path / "avg" / "config.json").read_text())["sources"] == [str(first), str(second)]
+    assert "the average of the checkpoints was not validated" in (tmp_path / "avg" / "README.md").read_text()
 
     other = _load(first)
     other["hyper_parameters"]["model_name"] = "resnest26d"
