@@ -216,6 +216,11 @@ def _metric_caveats(checkpoint: Mapping[str, Any], config: Mapping[str, Any]) ->
     return caveats
 
 
+def _snippet(imports: list[str], build: str, load: str) -> list[str]:
+    """A fenced Python block that builds a model and loads the export into it."""
+    return ["```python", *imports, "", "folder = 'path/to/this/folder'", build, f"model.load_state_dict({load})", "```"]
+
+
 def model_card(checkpoint: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     """The ``README.md`` of an export."""
     record = checkpoint.get(RUN_KEY) or {}
@@ -225,12 +230,10 @@ def model_card(checkpoint: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     monitor, best, best_path = best_and_monitor(checkpoint)
     final = record.get("metrics") or {}
     file = config["file"]
-    load = (
-        "load_file(f'{folder}/" + file + "')"
-        if file.endswith(".safetensors")
-        else ("torch.load(f'{folder}/" + file + "', weights_only=True)")
-    )
-    load_import = "from safetensors.torch import load_file\n" if file.endswith(".safetensors") else "import torch\n"
+    if file.endswith(".safetensors"):
+        load_import, load = "from safetensors.torch import load_file", f"load_file(f'{{folder}}/{file}')"
+    else:
+        load_import, load = "import torch", f"torch.load(f'{{folder}}/{file}', weights_only=True)"
     args = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
     ours_args = f"{name!r}, num_classes={config['num_classes']}, pretrained=folder" + (f", {args}" if args else "")
     names = config["class_names"]
@@ -272,31 +275,19 @@ def model_card(checkpoint: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         "```",
     ]
     if config["timm_name"]:
-        lines += [
-            "",
-            "timm:",
-            "",
-            "```python",
-            f"import timm\n{load_import}",
-            f"model = timm.create_model({config['timm_name']!r}, num_classes={config['num_classes']})",
-            f"model.load_state_dict({load})",
-            "```",
-        ]
+        build = f"model = timm.create_model({config['timm_name']!r}, num_classes={config['num_classes']})"
+        lines += ["", "timm:", "", *_snippet(["import timm", load_import], build, load)]
     kwargs = reference_kwargs(cfg)
     if kwargs is not None:
         if config["reference_name"]:
-            build = (
-                f"from resnest.torch import {config['reference_name']}\n\n"
-                f"model = {config['reference_name']}(num_classes={config['num_classes']})"
-            )
+            imports = [f"from resnest.torch import {config['reference_name']}"]
+            build = f"model = {config['reference_name']}(num_classes={config['num_classes']})"
         else:
+            imports = ["from resnest.torch.resnet import Bottleneck, ResNet"]
             call = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k != "layers")
-            build = (
-                "from resnest.torch.resnet import Bottleneck, ResNet\n\n"
-                f"model = ResNet(Bottleneck, {kwargs['layers']}, {call}, num_classes={config['num_classes']})"
-            )
-        lines += ["", "The reference package (`pip install resnest==0.0.5`):", "", "```python", load_import + build]
-        lines += [f"model.load_state_dict({load})", "```"]
+            build = f"model = ResNet(Bottleneck, {kwargs['layers']}, {call}, num_classes={config['num_classes']})"
+        lines += ["", "The reference package (`pip install resnest==0.0.5`):", ""]
+        lines += _snippet([*imports, load_import], build, load)
     if not config["timm_name"] and kwargs is None:
         lines += ["", "timm and the reference package have no model of these settings; load it as above."]
     lines += ["", "## Citation", "", "```bibtex", CITATION, "```", ""]

@@ -4,6 +4,7 @@ outputs, into our ``create_model``, timm and the reference package, with a confi
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -75,11 +76,17 @@ def test_export_loads_strictly_with_equal_outputs_everywhere(run: Path, tmp_path
         theirs.load_state_dict(state, strict=True)
         _close(theirs.double().eval()(x), expected)
 
-        kwargs = reference_kwargs(get_variant("resnest14d").config)
-        reference = ResNet(Bottleneck, num_classes=10, **kwargs)
+        reference = ResNet(Bottleneck, num_classes=10, **reference_kwargs(get_variant("resnest14d").config))
         reference.load_state_dict(state, strict=True)
         _close(reference.double().eval()(x), expected)
-    assert f"ResNet(Bottleneck, {kwargs['layers']}, radix=2, groups=1" in (out / "README.md").read_text()
+
+        # The model card's own loading code, run as written: ours, timm's, the reference package's.
+        blocks = re.findall(r"```python\n(.*?)```", (out / "README.md").read_text(), re.DOTALL)
+        assert len(blocks) == 3 and "timm.create_model('resnest14d'" in blocks[1] and "ResNet(" in blocks[2]
+        for block in blocks:
+            namespace: dict = {}
+            exec(block.replace("path/to/this/folder", str(out)), namespace)
+            _close(namespace["model"].double().eval()(x), expected)
 
 
 def test_ema_is_the_default_and_live_is_a_choice(run: Path, tmp_path: Path) -> None:
