@@ -359,7 +359,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar="CKPT",
         help="more checkpoints of the same run to average with CHECKPOINT (integer buffers come from CHECKPOINT)",
     )
-    parser.add_argument("--format", choices=tuple(FORMATS), default="safetensors", dest="fmt")
+    parser.add_argument(
+        "--format",
+        choices=tuple(FORMATS),
+        default="safetensors",
+        dest="fmt",
+        help="safetensors (default), or pth: a plain state dict for torch.load(weights_only=True)",
+    )
     args = parser.parse_args(argv)
     try:
         path = export(args.checkpoint, args.out, args.weights, args.average, args.fmt)
