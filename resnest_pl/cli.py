@@ -27,12 +27,19 @@ from .checkpointing import HPC_PATTERN, LAST_NAME, LastCheckpoint, check_checkpo
 from .data import DataLayoutError, DatasetNotFoundError, ImageDataModule
 from .eval_settings import fill_published_eval_settings
 from .loggers import finish_loggers, start_loggers
-from .models import IncompatibleCheckpointError
+from .models import IncompatibleCheckpointError, WeightsDownloadError
 from .module import ResNeStClassifier
 from .prediction import PredictionCSVWriter
 
 # Errors that describe a user's mistake (config, data, checkpoint): shown as one line, not a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, DataLayoutError, DatasetNotFoundError, IncompatibleCheckpointError)
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    DataLayoutError,
+    DatasetNotFoundError,
+    IncompatibleCheckpointError,
+    WeightsDownloadError,
+)
 DEBUG_ENV = "RESNEST_PL_DEBUG"
 
 

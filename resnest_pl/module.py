@@ -21,14 +21,27 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from .mixing import BatchMixer
-from .models import IncompatibleCheckpointError, create_model
+from .models import IncompatibleCheckpointError, create_model, describe_model, same_architecture
+from .models.weights import state_mismatch
 from .schedules import REFERENCE_BATCH, linear_scaled_lr, warmup_cosine_scheduler
+
+# The checkpoint key of what a run was trained on (see ``run_record``), read by ``predict`` and the exporter.
+RUN_KEY = "resnest_pl"
+# Data module attributes recorded in checkpoints, when the data module has them.
+DATA_FIELDS = (
+    "root",
+    "num_classes",
+    "crop_size",
+    "eval_crop_size",
+    "crop_ratio",
+    "interpolation",
+    "mean",
+    "std",
+    "batch_size",
+)
 
 # Parameters of these layers are never weight-decayed (the paper decays conv and linear weights only).
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
-
-
-RESUME_KEY = "resnest_pl_resume"
 
 
 def random_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -121,6 +134,45 @@ def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
     )
 
 
+def _plain(value: Any) -> Any:
+    """``value`` as built-in types only, so that checkpoints load with ``weights_only=True``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def run_record(trainer: pl.Trainer, class_names: list[str] | None) -> dict[str, Any]:
+    """What a checkpoint was trained on and how, beyond the module's hyper-parameters: the class names, the
+    data module's class and settings (``DATA_FIELDS``), the schedule length and global batch, and the
+    metrics at save time. Only built-in types."""
+    data = trainer.datamodule
+    record: dict[str, Any] = {"class_names": list(class_names) if class_names else None}
+    if data is not None:
+        record["data"] = {"class_path": f"{type(data).__module__}.{type(data).__qualname__}"}
+        record["data"].update({k: _plain(getattr(data, k)) for k in DATA_FIELDS if hasattr(data, k)})
+    try:
+        batch: int | None = global_batch_size(trainer)
+    except (ValueError, AttributeError, TypeError):
+        batch = None
+    record["trainer"] = {
+        "max_epochs": trainer.max_epochs,
+        "max_steps": trainer.max_steps,
+        "global_batch": batch,
+        "world_size": trainer.world_size,
+        "precision": str(trainer.precision),
+    }
+    record["metrics"] = {
+        k: float(v) for k, v in trainer.callback_metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1
+    }
+    return record
+
+
 class ResNeStClassifier(pl.LightningModule):
     """Image classification with a ResNeSt backbone and the paper's training recipe.
 
@@ -130,7 +182,8 @@ class ResNeStClassifier(pl.LightningModule):
     Args:
         model_name: a name from ``resnest_pl.models.list_models()``.
         num_classes: classifier outputs; must match the data.
-        pretrained: ``True`` for the published weights, or a file / URL (a Lightning checkpoint works too);
+        pretrained: ``True`` for the published weights, or a file / URL (a Lightning checkpoint, a ``.safetensors``
+            file or a folder written by ``python -m resnest_pl.export`` work too);
             a classifier of another size is re-initialised, so this is how to fine-tune on new classes.
         model_overrides: architecture options passed to ``create_model`` (radix, dropblock_prob, ...).
         optimizer: builds the optimizer from parameter groups; its ``lr`` is per 256 images when
@@ -197,6 +250,8 @@ class ResNeStClassifier(pl.LightningModule):
         self.test_loss = MeanMetric()
         self._mix_seed = 0
         self._rng_to_restore: dict[str, torch.Tensor] | None = None
+        # Names of the classifier's outputs: from the data module at setup, from the checkpoint once one loads.
+        self.class_names: list[str] | None = None
         self._compiled = False
         self._input_shape: tuple[int, ...] | None = None
         self._flops: dict[tuple[tuple[int, ...], bool], int] = {}
@@ -220,6 +275,9 @@ class ResNeStClassifier(pl.LightningModule):
                 f"the data has {data_classes} classes but the model was built with num_classes="
                 f"{self.hparams.num_classes}; set model.num_classes={data_classes}"
             )
+        names = getattr(self.trainer.datamodule, "class_names", None)
+        if names and len(names) == self.hparams.num_classes:
+            self.class_names = list(names)
         if stage == "fit":
             if self.hparams.mix_off_epochs and self.trainer.max_epochs in (None, -1):
                 raise ValueError("mix_off_epochs counts back from trainer.max_epochs; set max_epochs")
@@ -331,7 +389,9 @@ class ResNeStClassifier(pl.LightningModule):
     # ---- checkpoints -------------------------------------------------------------------------------------
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        resume = checkpoint.get(RESUME_KEY) or {}
+        # Before Lightning's strict load, whose RuntimeError lists hundreds of keys.
+        self._check_architecture(checkpoint)
+        resume = (checkpoint.get(RUN_KEY) or {}).get("resume") or {}
         if "mix_seed" in resume:
             self._mix_seed = int(resume["mix_seed"])
         # Applied at the first training batch, after whatever the resumed run does first (sanity check).
@@ -344,10 +404,35 @@ class ResNeStClassifier(pl.LightningModule):
                 "with model.pretrained=<checkpoint> (keeps the trunk, new classifier) instead of resuming it "
                 "with --ckpt_path"
             )
+        names = (checkpoint.get(RUN_KEY) or {}).get("class_names")
+        if names and len(names) == self.hparams.num_classes:
+            self.class_names = list(names)
+
+    def _check_architecture(self, checkpoint: dict[str, Any]) -> None:
+        ours = describe_model(self.hparams.model_name, self.hparams.model_overrides)
+        hparams = checkpoint.get("hyper_parameters") or {}
+        if "model_name" in hparams:
+            theirs = (hparams["model_name"], hparams.get("model_overrides") or {})
+            if not same_architecture(*theirs, self.hparams.model_name, self.hparams.model_overrides or {}):
+                raise IncompatibleCheckpointError(
+                    f"the checkpoint is {describe_model(*theirs)} but the model is {ours}; use the checkpoint's "
+                    "model settings (model.model_name, model.model_overrides) to resume or evaluate it, or start "
+                    "a new run with model.pretrained=<checkpoint> to fine-tune its weights in the same architecture"
+                )
+            return
+        own = {k: v for k, v in self.state_dict().items() if not k.startswith("model.fc.")}
+        state = {k: v for k, v in checkpoint.get("state_dict", {}).items() if not k.startswith("model.fc.")}
+        problems = state_mismatch(own, state)
+        if problems:
+            raise IncompatibleCheckpointError(
+                f"the checkpoint's weights do not fit the model {ours}: {problems}; use the model settings it "
+                "was trained with"
+            )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[RUN_KEY] = run_record(self.trainer, self.class_names)
         # What a resumed run needs to draw the same mixing and the same dropout / DropBlock masks.
-        checkpoint[RESUME_KEY] = {"mix_seed": self._mix_seed, "random_state": random_state(self.device)}
+        checkpoint[RUN_KEY]["resume"] = {"mix_seed": self._mix_seed, "random_state": random_state(self.device)}
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         if not hparams:
             return

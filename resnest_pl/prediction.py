@@ -1,4 +1,4 @@
-"""Writing ``predict`` results as a CSV: path, top-5 class names and probabilities."""
+"""Writing ``predict`` results as one CSV: path, top-5 class names and probabilities."""
 
 from __future__ import annotations
 
@@ -13,13 +13,28 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 TOP_K = 5
 
+# One image's result: dataset index, top-k probabilities, top-k class indices.
+Row = tuple[int, list[float], list[int]]
+
+
+def class_names_for(pl_module: pl.LightningModule, datamodule: Any, num_classes: int) -> list[str]:
+    """Names of the model's outputs: those the checkpoint was trained with (``pl_module.class_names``), else
+    the data module's, else the class indices."""
+    for names in (getattr(pl_module, "class_names", None), getattr(datamodule, "class_names", None)):
+        if names and len(names) == num_classes:
+            return list(names)
+    return [str(i) for i in range(num_classes)]
+
 
 class PredictionCSVWriter(BasePredictionWriter):
-    """Collects ``predict_step`` outputs (``{"indices", "probs"}``) and writes one CSV row per image.
+    """Collects ``predict_step`` outputs (``{"indices", "probs"}``) and writes one CSV row per image, in the
+    order of the data module's ``predict_files``.
+
+    Under several processes every rank sends its rows to rank 0, which writes the one file; an image that a
+    distributed sampler gave to two ranks (padding to equal shares) is written once.
 
     Args:
-        output: CSV path; ``None`` writes ``predictions.csv`` in ``trainer.default_root_dir``. Under
-            several processes each rank writes ``<stem>.rank<N>.csv``.
+        output: CSV path; ``None`` writes ``predictions.csv`` in ``trainer.default_root_dir``.
         top_k: how many classes per image.
     """
 
@@ -29,10 +44,7 @@ class PredictionCSVWriter(BasePredictionWriter):
         self.top_k = top_k
 
     def path(self, trainer: pl.Trainer) -> Path:
-        path = Path(self.output) if self.output else Path(trainer.default_root_dir) / "predictions.csv"
-        if trainer.world_size > 1:
-            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
-        return path
+        return Path(self.output) if self.output else Path(trainer.default_root_dir) / "predictions.csv"
 
     def write_on_epoch_end(
         self,
@@ -41,28 +53,41 @@ class PredictionCSVWriter(BasePredictionWriter):
         predictions: Any,
         batch_indices: Any,
     ) -> None:
+        batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
+        num_classes = int(pl_module.hparams.num_classes)
+        k = min(self.top_k, num_classes)
+        rows: list[Row] = []
+        for batch in batches:
+            probs, classes = torch.topk(batch["probs"].float().cpu(), k, dim=1)
+            rows += zip(batch["indices"].tolist(), probs.tolist(), classes.tolist(), strict=True)
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[list[Row]] | None = (
+                [[] for _ in range(trainer.world_size)] if trainer.is_global_zero else None
+            )
+            torch.distributed.gather_object(rows, gathered, dst=0)
+            if gathered is None:
+                return
+            rows = [row for rank_rows in gathered for row in rank_rows]
+        unique = {index: (index, p, c) for index, p, c in reversed(rows)}  # first occurrence of each index wins
+        self._write(trainer, pl_module, [unique[i] for i in sorted(unique)], k, num_classes)
+
+    def _write(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, rows: list[Row], k: int, num_classes: int
+    ) -> None:
         datamodule = trainer.datamodule
         files = datamodule.predict_files
-        names = datamodule.class_names
-        batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
-        k = min(self.top_k, len(names))
+        names = class_names_for(pl_module, datamodule, num_classes)
         path = self.path(trainer)
         path.parent.mkdir(parents=True, exist_ok=True)
-        rows = 0
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
             header = ["path"]
             for rank in range(1, k + 1):
                 header += [f"top{rank}_class", f"top{rank}_prob"]
             writer.writerow(header)
-            for batch in batches:
-                probs, classes = torch.topk(batch["probs"], k, dim=1)
-                for index, p_row, c_row in zip(
-                    batch["indices"].tolist(), probs.tolist(), classes.tolist(), strict=True
-                ):
-                    row: list[object] = [files[index]]
-                    for p, c in zip(p_row, c_row, strict=True):
-                        row += [names[c], f"{p:.6f}"]
-                    writer.writerow(row)
-                    rows += 1
-        rank_zero_info(f"wrote {rows} predictions to {path}")
+            for index, p_row, c_row in rows:
+                row: list[object] = [files[index]]
+                for p, c in zip(p_row, c_row, strict=True):
+                    row += [names[c], f"{p:.6f}"]
+                writer.writerow(row)
+        rank_zero_info(f"wrote {len(rows)} predictions to {path}")

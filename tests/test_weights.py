@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from resnest_pl.models import IncompatibleCheckpointError, create_model, get_variant
+from resnest_pl.models import IncompatibleCheckpointError, create_model, get_variant, same_architecture
 
 from .helpers import TINY, tiny_model
 
@@ -94,10 +95,92 @@ def test_incompatible_architecture_is_named(tmp_path: Path) -> None:
 def test_missing_and_corrupt_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         tiny_model(pretrained=tmp_path / "nope.pth")
-    garbage = tmp_path / "garbage.pth"
-    garbage.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(IncompatibleCheckpointError, match="not a readable PyTorch checkpoint"):
-        tiny_model(pretrained=garbage)
     torch.save({"epoch": 1}, tmp_path / "empty.pth")
     with pytest.raises(IncompatibleCheckpointError, match="holds no tensors"):
         tiny_model(pretrained=tmp_path / "empty.pth")
+
+
+def _bad_files(folder: Path) -> dict[str, Path]:
+    """Files that are no checkpoint: garbage, a truncated torch.save zip, a truncated safetensors file."""
+    from safetensors.torch import save_file
+
+    state = tiny_model().state_dict()
+    torch.save(state, folder / "full.pth")
+    save_file(state, folder / "full.safetensors")
+    files = {"garbage": folder / "garbage.pth"}
+    files["garbage"].write_bytes(b"not a checkpoint at all")
+    for name in ("full.pth", "full.safetensors"):
+        truncated = folder / f"truncated_{name}"
+        truncated.write_bytes((folder / name).read_bytes()[:5000])
+        files[name] = truncated
+    return files
+
+
+@pytest.mark.parametrize("kind", ["garbage", "full.pth", "full.safetensors"])
+def test_corrupt_files_get_a_clean_message(kind: str, tmp_path: Path) -> None:
+    path = _bad_files(tmp_path)[kind]
+    with pytest.raises(IncompatibleCheckpointError) as error:
+        tiny_model(pretrained=path)
+    message = str(error.value)
+    assert message == (
+        f"{path} is not a PyTorch or safetensors checkpoint (truncated or corrupt?); re-export it or pass another file"
+    )
+    assert "weights_only" not in message
+
+
+def test_pickled_objects_are_refused_without_advising_unsafe_loading(tmp_path: Path) -> None:
+    import functools
+
+    torch.save(
+        {"state_dict": tiny_model().state_dict(), "optimizer": functools.partial(torch.optim.SGD)}, tmp_path / "p.ckpt"
+    )
+    with pytest.raises(IncompatibleCheckpointError, match=r"stores Python objects \(functools.partial\)") as error:
+        tiny_model(pretrained=tmp_path / "p.ckpt")
+    assert "weights_only" not in str(error.value) and "\n" not in str(error.value)
+
+
+def test_safetensors_file_and_exported_folder_load_exactly(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    source = tiny_model().eval()
+    folder = tmp_path / "export"
+    folder.mkdir()
+    save_file(source.state_dict(), folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"model_name": "resnest14d", "model_overrides": TINY}))
+    x = torch.randn(2, 3, 32, 32)
+    for pretrained in (folder / "model.safetensors", folder, str(folder)):
+        loaded = create_model("resnest14d", num_classes=10, pretrained=pretrained, **TINY).eval()
+        with torch.no_grad():
+            assert torch.equal(loaded(x), source(x))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"folder without model\.safetensors or model\.pth"):
+        tiny_model(pretrained=tmp_path / "empty")
+
+
+def test_exported_folder_of_another_variant_is_named(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tiny_model().state_dict(), tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"model_name": "resnest14d", "model_overrides": TINY}))
+    with pytest.raises(IncompatibleCheckpointError) as error:
+        create_model("resnest26d", num_classes=10, pretrained=tmp_path, **{**TINY, "width_multiplier": 0.5})
+    assert str(error.value).startswith(
+        f"{tmp_path} holds resnest14d {{width_multiplier: 0.25, stem_width: 8, min_attn_channels: 8}} weights but "
+        "the model is resnest26d {width_multiplier: 0.5, stem_width: 8, min_attn_channels: 8}"
+    )
+    # Regularisation does not change the weights, and timm's names are the same architectures.
+    assert same_architecture("resnest14d", {**TINY, "dropblock_prob": 0.1}, "resnest14d", TINY)
+    assert same_architecture("resnest50d", {}, "resnest50", {"zero_gamma": False})
+    assert not same_architecture("resnest50", {}, "resnest50", {"radix": 4})
+
+
+def test_training_checkpoint_of_another_variant_is_named(tmp_path: Path) -> None:
+    state = {f"model.{k}": v for k, v in tiny_model().state_dict().items()}
+    hparams = {"model_name": "resnest14d", "model_overrides": {"width_multiplier": 0.25}}
+    torch.save({"state_dict": state, "hyper_parameters": hparams}, tmp_path / "last.ckpt")
+    with pytest.raises(IncompatibleCheckpointError) as error:
+        tiny_model(name="resnest26d", pretrained=tmp_path / "last.ckpt")
+    assert str(error.value).startswith(
+        f"{tmp_path / 'last.ckpt'} holds resnest14d {{width_multiplier: 0.25}} weights but the model is resnest26d "
+        "{width_multiplier: 0.25, stem_width: 8, min_attn_channels: 8}; create the model with the checkpoint's settings"
+    )

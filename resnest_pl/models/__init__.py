@@ -1,10 +1,10 @@
 """ResNeSt backbones (torch/torchvision only, so it runs anywhere torch does)."""
 
 from .config import ResNeStConfig
-from .registry import VARIANTS, Variant, create_model, get_variant, list_models
+from .registry import VARIANTS, Variant, create_model, describe_model, get_variant, list_models, same_architecture
 from .resnest import Bottleneck, FeatureInfo, ResNeSt
 from .splat import RadixSoftmax, SplitAttentionConv2d
-from .weights import IncompatibleCheckpointError, load_pretrained
+from .weights import IncompatibleCheckpointError, WeightsDownloadError, load_pretrained, read_checkpoint
 
 __all__ = [
     "VARIANTS",
@@ -16,8 +16,12 @@ __all__ = [
     "ResNeStConfig",
     "SplitAttentionConv2d",
     "Variant",
+    "WeightsDownloadError",
     "create_model",
+    "describe_model",
     "get_variant",
     "list_models",
     "load_pretrained",
+    "read_checkpoint",
+    "same_architecture",
 ]

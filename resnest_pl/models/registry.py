@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from os import PathLike
 from typing import Literal
 
 from .config import ResNeStConfig
 from .resnest import ResNeSt
-from .weights import load_pretrained
+from .weights import (
+    IncompatibleCheckpointError,
+    exported_config,
+    extract_state_dict,
+    load_state_dict_checked,
+    read_checkpoint,
+)
 
 OFFICIAL_URL = "https://github.com/zhanghang1989/ResNeSt/releases/download/weights_step1/{file}"
 TIMM_URL = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-resnest/{file}"
@@ -153,7 +161,9 @@ def create_model(
         num_classes: classifier outputs; pretrained weights for another class count keep their
             trunk and get a freshly initialised classifier.
         pretrained: ``True`` for the official weights (downloaded once into the torch.hub cache and
-            checked against their sha256 prefix), or a local file / URL of a state dict or checkpoint.
+            checked against their sha256 prefix), or a local file / URL of a state dict or checkpoint, a
+            ``.safetensors`` file, or a folder written by ``python -m resnest_pl.export`` (whose
+            ``config.json`` must name the same architecture).
         **overrides: any :class:`ResNeStConfig` field, e.g. ``radix=4``, ``output_stride=8``.
     """
     variant = get_variant(name)
@@ -163,5 +173,48 @@ def create_model(
         source = variant.weights_url if pretrained is True else pretrained
         if source is None:
             raise ValueError(f"no official weights are published for {name!r}; pass a file or URL instead")
-        load_pretrained(model, source)
+        checkpoint = read_checkpoint(source)
+        theirs = trained_architecture(source, checkpoint)
+        if theirs is not None and not same_architecture(*theirs, name, overrides):
+            raise IncompatibleCheckpointError(
+                f"{source} holds {describe_model(*theirs)} weights but the model is {describe_model(name, overrides)}; "
+                "create the model with the checkpoint's settings (model_name and model_overrides), or pass weights "
+                "of this architecture"
+            )
+        load_state_dict_checked(model, extract_state_dict(checkpoint))
     return model
+
+
+def trained_architecture(source: str | PathLike, checkpoint: Mapping[str, object]) -> tuple[str, dict] | None:
+    """``(model name, overrides)`` that ``checkpoint`` says it was trained as: an export's ``config.json``, or
+    a training checkpoint's hyper-parameters; ``None`` when it does not say (a bare state dict)."""
+    described = exported_config(source) or checkpoint.get("hyper_parameters")
+    if not isinstance(described, Mapping) or not isinstance(described.get("model_name"), str):
+        return None
+    return described["model_name"], dict(described.get("model_overrides") or {})
+
+
+# Options that change what a network computes but none of its tensors' names or shapes.
+WEIGHT_NEUTRAL_OPTIONS = ("dropblock_prob", "final_drop", "zero_gamma", "output_stride")
+
+
+def same_architecture(
+    name: str, overrides: Mapping[str, object], other_name: str, other_overrides: Mapping[str, object]
+) -> bool:
+    """Whether two (variant, overrides) pairs have the same weights layout. Aliases are resolved, and
+    regularisation and dilation options (``WEIGHT_NEUTRAL_OPTIONS``) are ignored, so a checkpoint trained with
+    DropBlock loads into the same variant without it."""
+    try:
+        configs = [get_variant(n).config.replace(**o) for n, o in ((name, overrides), (other_name, other_overrides))]
+    except ValueError:
+        return False
+    neutral = {option: getattr(ResNeStConfig(), option) for option in WEIGHT_NEUTRAL_OPTIONS}
+    first, second = (dataclasses.replace(c, **neutral) for c in configs)
+    return first == second
+
+
+def describe_model(name: str, overrides: Mapping[str, object] | None = None) -> str:
+    """``resnest14d {width_multiplier: 0.25, stem_width: 8}``: a variant and its overrides, for messages."""
+    if not overrides:
+        return name
+    return f"{name} {{{', '.join(f'{k}: {v}' for k, v in overrides.items())}}}"

@@ -1,11 +1,15 @@
-"""Loading weights from the reference package, timm, torch.hub URLs or our own checkpoints."""
+"""Loading weights from the reference package, timm, torch.hub URLs, safetensors files, exported folders
+or our own checkpoints."""
 
 from __future__ import annotations
 
+import json
 import pickle
+import re
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -14,42 +18,128 @@ from torch import nn
 # and LightningModules that hold the network as ``model`` or ``backbone``.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "backbone.")
 CLASSIFIER_PREFIX = "fc."
+# What ``python -m resnest_pl.export`` writes into its folder, in the order a folder is searched.
+EXPORT_WEIGHTS = ("model.safetensors", "model.pth")
+EXPORT_CONFIG = "config.json"
 
 
 class IncompatibleCheckpointError(ValueError):
-    """The checkpoint does not describe this architecture."""
+    """The checkpoint does not describe this architecture, or is no checkpoint at all."""
+
+
+class WeightsDownloadError(OSError):
+    """Weights at a URL could not be fetched (no network, wrong URL, failed hash check)."""
 
 
 def _is_url(source: str) -> bool:
     return source.startswith(("http://", "https://", "file://"))
 
 
-def read_checkpoint(source: str | PathLike) -> Mapping[str, object]:
-    """Read a checkpoint from a local file or a URL (cached by torch.hub, sha256-checked when the
-    file name carries a hash prefix, as the official ones do)."""
-    text = str(source)
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def resolve_weights_file(source: str | PathLike) -> Path:
+    """The weights file of ``source``: the file itself, or the ``model.safetensors`` / ``model.pth`` of an
+    exported folder."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        for name in EXPORT_WEIGHTS:
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(
+            f"{path} is a folder without {' or '.join(EXPORT_WEIGHTS)}; pass a folder written by "
+            "python -m resnest_pl.export, or a weights file"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist; pass an existing file, folder or URL")
+    return path
+
+
+def exported_config(source: str | PathLike) -> dict | None:
+    """The ``config.json`` written next to exported weights (``source`` is the export folder or its weights
+    file), or ``None`` for anything else."""
+    if _is_url(str(source)):
+        return None
+    path = Path(source).expanduser()
+    if path.is_file() and path.name in EXPORT_WEIGHTS:
+        path = path.parent
+    config = path / EXPORT_CONFIG
+    if not path.is_dir() or not config.is_file():
+        return None
     try:
-        if _is_url(text):
-            return torch.hub.load_state_dict_from_url(text, map_location="cpu", check_hash=True, weights_only=True)
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file {path} does not exist; pass an existing file or a URL")
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as err:
-        if isinstance(err, FileNotFoundError):
-            raise
-        if _is_url(text) and "hash" in str(err):
-            raise OSError(
-                f"the file downloaded from {text} fails its sha256 check ({err}): the download is corrupt or "
-                "the file changed upstream; retry, or download it by hand and pass its local path"
+        return json.loads(config.read_text())
+    except (OSError, ValueError) as err:
+        raise IncompatibleCheckpointError(
+            f"{config} is not valid JSON ({_one_line(err)}); export the checkpoint again"
+        ) from err
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then a JSON header."""
+    if path.suffix == ".safetensors":
+        return True
+    with path.open("rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
+def _read_file(path: Path) -> Mapping[str, object]:
+    if _is_safetensors(path):
+        from safetensors.torch import load_file  # optional: the backbone itself needs only torch
+
+        return load_file(path, device="cpu")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _download(url: str) -> Mapping[str, object]:
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True, weights_only=True)
+    except (OSError, RuntimeError) as err:
+        name = Path(urlparse(url).path).name
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        if "hash" in str(err):
+            raise WeightsDownloadError(
+                f"the file downloaded from {url} fails its sha256 check: the download is corrupt or the file "
+                f"changed upstream; retry, or download {name} by hand and pass its local path"
             ) from err
-        if _is_url(text):
-            raise OSError(
-                f"could not fetch weights from {text} ({err}); download the file by hand and pass its local "
-                "path as pretrained=..., or check the URL"
+        raise WeightsDownloadError(
+            f"could not download {name} from {url} ({_one_line(err)}); download the file by hand and pass its "
+            f"local path as pretrained=/path/to/{name} (--model.pretrained /path/to/{name} on the command "
+            f"line), or put it into {cache}"
+        ) from err
+
+
+def read_checkpoint(source: str | PathLike) -> Mapping[str, object]:
+    """Read a checkpoint: a URL (cached by torch.hub, sha256-checked when the file name carries a hash
+    prefix, as the official ones do), a PyTorch file (read with ``weights_only=True``), a safetensors file,
+    or a folder written by ``python -m resnest_pl.export``.
+
+    Raises:
+        FileNotFoundError: no such file, or a folder without exported weights.
+        WeightsDownloadError: the URL cannot be fetched or fails its hash check.
+        IncompatibleCheckpointError: the file is not a checkpoint (truncated, corrupt, another format)
+            or stores Python objects besides tensors.
+    """
+    text = str(source)
+    if _is_url(text):
+        return _download(text)
+    path = resolve_weights_file(text)
+    try:
+        return _read_file(path)
+    except PermissionError:
+        raise
+    except Exception as err:  # torch, pickle, zipfile and safetensors each raise their own types
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if isinstance(err, pickle.UnpicklingError) and found:
+            raise IncompatibleCheckpointError(
+                f"{path} stores Python objects ({found.group(1)}) besides tensors, which are not loaded for "
+                "safety; pass a file that holds only weights (a state dict, a checkpoint of this template, or "
+                "the output of python -m resnest_pl.export)"
             ) from err
         raise IncompatibleCheckpointError(
-            f"{text} is not a readable PyTorch checkpoint ({err}); pass a file written by torch.save"
+            f"{path} is not a PyTorch or safetensors checkpoint (truncated or corrupt?); re-export it or pass "
+            "another file"
         ) from err
 
 
@@ -73,6 +163,19 @@ def extract_state_dict(checkpoint: Mapping[str, object]) -> dict[str, torch.Tens
     return state
 
 
+def state_mismatch(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str | None:
+    """How ``state`` fails to fit a model whose state dict is ``own`` (counts and examples of missing,
+    unexpected and wrongly shaped keys), or ``None`` when it fits."""
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+        if keys:
+            problems.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+    return "; ".join(problems) or None
+
+
 def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor]) -> bool:
     """Load ``state`` into ``model``; a classifier of another shape is skipped and left freshly
     initialised. Returns whether the classifier was re-initialised. Anything else that does not
@@ -84,18 +187,11 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor])
     if classifier_differs:
         state = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIX)}
         own = {k: v for k, v in own.items() if not k.startswith(CLASSIFIER_PREFIX)}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or mismatched:
-        problems = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
-            if keys:
-                problems.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+    problems = state_mismatch(own, state)
+    if problems:
         raise IncompatibleCheckpointError(
-            "the checkpoint does not match this architecture: "
-            + "; ".join(problems)
-            + ". Create the model with the same variant and overrides as the checkpoint was trained with."
+            f"the checkpoint does not match this architecture: {problems}. Create the model with the same "
+            "variant and overrides as the checkpoint was trained with."
         )
     model.load_state_dict(state, strict=not classifier_differs)
     return classifier_differs

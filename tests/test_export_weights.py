@@ -1,0 +1,213 @@
+"""``python -m resnest_pl.export``: a real run's checkpoint becomes weights that load, strictly and with equal
+outputs, into our ``create_model``, timm and the reference package, with a config and a model card."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from resnest.torch.resnet import Bottleneck, ResNet
+from safetensors.torch import load_file
+from torch import nn
+
+from resnest_pl.data import DigitsDataModule
+from resnest_pl.export import export, main, reference_kwargs, reference_name, timm_name
+from resnest_pl.models import create_model, get_variant
+from resnest_pl.models.weights import extract_state_dict
+from resnest_pl.module import ResNeStClassifier
+
+from .helpers import make_trainer
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two epochs of two steps of a full-width resnest14d on the digits with an EMA (decay 0.5, so that it
+    differs visibly from the live weights); a checkpoint per epoch and ``last.ckpt``."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("run")
+    model = ResNeStClassifier("resnest14d", num_classes=10, warmup_epochs=0, ema_decay=0.5)
+    checkpoints = ModelCheckpoint(
+        dirpath=folder,
+        monitor="val/acc1",
+        mode="max",
+        save_top_k=-1,
+        save_last=True,
+        filename="epoch{epoch}",
+        auto_insert_metric_name=False,
+    )
+    trainer = make_trainer(
+        max_epochs=2, limit_train_batches=2, limit_val_batches=1, enable_checkpointing=True, callbacks=[checkpoints]
+    )
+    trainer.fit(model, DigitsDataModule(batch_size=16))
+    return folder
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal in float64 up to summation order (as in tests/test_equivalence.py)."""
+    error = (actual - expected).abs().max().item()
+    assert error <= 1e-9 * expected.abs().max().item(), f"max abs difference {error}"
+
+
+def test_export_loads_strictly_with_equal_outputs_everywhere(run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    main([str(run / "last.ckpt"), "--out", str(out)])
+    config = json.loads((out / "config.json").read_text())
+    state = load_file(out / "model.safetensors")
+    assert not any(k.startswith("model.") for k in state)
+
+    trained = ResNeStClassifier.load_from_checkpoint(run / "last.ckpt").model.double().eval()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        expected = trained(x)
+        for pretrained in (out, out / "model.safetensors"):
+            ours = create_model("resnest14d", num_classes=10, pretrained=pretrained).double().eval()
+            assert torch.equal(ours(x), expected)
+
+        theirs = timm.create_model(config["timm_name"], num_classes=10)
+        theirs.load_state_dict(state, strict=True)
+        _close(theirs.double().eval()(x), expected)
+
+        reference = ResNet(Bottleneck, num_classes=10, **reference_kwargs(get_variant("resnest14d").config))
+        reference.load_state_dict(state, strict=True)
+        _close(reference.double().eval()(x), expected)
+
+        # The model card's own loading code, run as written: ours, timm's, the reference package's.
+        blocks = re.findall(r"```python\n(.*?)```", (out / "README.md").read_text(), re.DOTALL)
+        assert len(blocks) == 3 and "timm.create_model('resnest14d'" in blocks[1] and "ResNet(" in blocks[2]
+        for block in blocks:
+            namespace: dict = {}
+            exec(block.replace("path/to/this/folder", str(out)), namespace)
+            _close(namespace["model"].double().eval()(x), expected)
+
+
+def test_ema_is_the_default_and_live_is_a_choice(run: Path, tmp_path: Path) -> None:
+    checkpoint = _load(run / "last.ckpt")
+    ema = extract_state_dict({"state_dict": checkpoint["state_dict"]})
+    live = extract_state_dict({"state_dict": checkpoint["current_model_state"]})
+    assert not torch.equal(ema["conv1.0.weight"], live["conv1.0.weight"])
+
+    default = load_file(export(run / "last.ckpt", tmp_path / "default"))
+    chosen_live = load_file(export(run / "last.ckpt", tmp_path / "live", weights="live"))
+    for key in ema:
+        assert torch.equal(default[key], ema[key]) and torch.equal(chosen_live[key], live[key]), key
+    assert json.loads((tmp_path / "live" / "config.json").read_text())["weights"] == "live"
+    assert "the exported live weights were not validated" in (tmp_path / "live" / "README.md").read_text()
+    assert "not validated" not in (tmp_path / "default" / "README.md").read_text()
+
+    del checkpoint["current_model_state"]  # as a run without model.ema_decay saves it
+    torch.save(checkpoint, tmp_path / "no_ema.ckpt")
+    with pytest.raises(ValueError, match=r"holds no EMA weights.*use --weights live"):
+        export(tmp_path / "no_ema.ckpt", tmp_path / "x", weights="ema")
+
+
+def test_average_is_the_mean_of_the_checkpoints(run: Path, tmp_path: Path) -> None:
+    first, second = run / "epoch0.ckpt", run / "epoch1.ckpt"
+    averaged = load_file(export(second, tmp_path / "avg", average=[first], weights="live"))
+    a, b = (extract_state_dict({"state_dict": _load(p)["current_model_state"]}) for p in (first, second))
+    assert a["conv1.0.weight"].ne(b["conv1.0.weight"]).any()
+    for key, value in averaged.items():
+        if value.is_floating_point():
+            assert torch.equal(value, ((a[key].double() + b[key].double()) / 2).float()), key
+        else:
+            assert torch.equal(value, b[key]), key  # num_batches_tracked: the last checkpoint's
+    assert a["bn1.num_batches_tracked"] != b["bn1.num_batches_tracked"]
+    assert json.loads((tmp_path / "avg" / "config.json").read_text())["sources"] == [str(first), str(second)]
+    assert "the average of the checkpoints was not validated" in (tmp_path / "avg" / "README.md").read_text()
+
+    other = _load(first)
+    other["hyper_parameters"]["model_name"] = "resnest26d"
+    torch.save(other, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match=r"other.ckpt is resnest26d but .*epoch1.ckpt is resnest14d"):
+        export(second, tmp_path / "bad", average=[tmp_path / "other.ckpt"])
+
+
+def test_pth_format_is_a_plain_state_dict(run: Path, tmp_path: Path) -> None:
+    path = export(run / "last.ckpt", tmp_path / "pth", fmt="pth")
+    assert path.name == "model.pth" and not (tmp_path / "pth" / "model.safetensors").exists()
+    state = torch.load(path, weights_only=True)
+    model = nn.Module.load_state_dict(create_model("resnest14d", num_classes=10), state, strict=True)
+    assert not model.missing_keys and not model.unexpected_keys
+    loaded = create_model("resnest14d", num_classes=10, pretrained=tmp_path / "pth")
+    assert torch.equal(loaded.conv1[0].weight, state["conv1.0.weight"])
+    assert "torch.load(f'{folder}/model.pth', weights_only=True)" in (tmp_path / "pth" / "README.md").read_text()
+
+
+def test_config_and_model_card_describe_the_run(run: Path, tmp_path: Path) -> None:
+    export(run / "last.ckpt", tmp_path / "out")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    data = DigitsDataModule()
+    assert config["model_name"] == "resnest14d" and config["model_overrides"] == {}
+    assert config["num_classes"] == 10 and config["class_names"] == [str(d) for d in range(10)]
+    assert config["mean"] == pytest.approx(list(data.mean)) and config["std"] == pytest.approx(list(data.std))
+    assert config["eval_crop"] == 32 and config["timm_name"] == "resnest14d" and config["weights"] == "ema"
+    assert config["crop_pct"] == pytest.approx(getattr(get_variant("resnest14d"), "crop_pct", 0.875))
+
+    card = (tmp_path / "out" / "README.md").read_text()
+    checkpoint = _load(run / "last.ckpt")
+    state = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    assert f"best: val/acc1 = {float(state['best_model_score']):.4f}" in card
+    assert f"val/acc1 = {checkpoint['resnest_pl']['metrics']['val/acc1']:.4f}" in card.split("final")[1]
+    for expected in (
+        "resnest_pl.data.digits.DigitsDataModule",
+        "resnest_pl.module.NesterovSGD",
+        "global batch: 16",
+        "epochs: 2 planned",
+        "label smoothing: 0.1",
+        "mixup / cutmix: off",
+        "EMA: decay 0.5",
+        "timm.create_model('resnest14d', num_classes=10)",
+        "create_model('resnest14d', num_classes=10, pretrained=folder)",
+        "ResNeSt: Split-Attention Networks",
+        "arXiv:2004.08955",
+        "@article{zhang2020resnest",
+    ):
+        assert expected in card, expected
+
+
+@pytest.mark.parametrize(
+    ("ours", "timm_model", "reference"),
+    [
+        ("resnest14d", "resnest14d", None),
+        ("resnest26d", "resnest26d", None),
+        ("resnest50", "resnest50d", "resnest50"),
+        ("resnest101", "resnest101e", "resnest101"),
+        ("resnest200", "resnest200e", "resnest200"),
+        ("resnest269", "resnest269e", "resnest269"),
+        ("resnest50_fast_4s2x40d", "resnest50d_4s2x40d", "resnest50_fast_4s2x40d"),
+        ("resnest50_fast_1s4x24d", "resnest50d_1s4x24d", "resnest50_fast_1s4x24d"),
+        ("resnest50_fast_2s2x40d", None, "resnest50_fast_2s2x40d"),
+    ],
+)
+def test_names_in_timm_and_the_reference(ours: str, timm_model: str | None, reference: str | None) -> None:
+    import resnest.torch
+
+    assert timm_name(ours, {}) == timm_model and reference_name(ours, {}) == reference
+    assert timm_model is None or timm_model in timm.list_models("resnest*")
+    assert reference is None or callable(getattr(resnest.torch, reference))
+    assert timm_name(ours, {"stem_width": 16}) is None and reference_name(ours, {"width_multiplier": 0.5}) is None
+    assert timm_name(ours, {"dropblock_prob": 0.1}) == timm_model  # regularisation keeps the weights layout
+
+
+def test_bad_inputs_end_in_one_line(tmp_path: Path, capsys) -> None:
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"\x00" * 100)
+    torch.save({"state_dict": {}}, tmp_path / "plain.ckpt")
+    for path, message in (
+        (garbage, f"error: {garbage} is not a PyTorch or safetensors checkpoint (truncated or corrupt?)"),
+        (tmp_path / "plain.ckpt", "error: " + str(tmp_path / "plain.ckpt") + " is not a checkpoint of a resnest_pl"),
+        (tmp_path / "nope.ckpt", "error: weights file " + str(tmp_path / "nope.ckpt") + " does not exist"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main([str(path), "--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.startswith(message) and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
