@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
+import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,8 @@ from PIL import Image
 
 from resnest_pl.cli import main
 
-from .fixtures import write_cifar10, write_cifar100, write_jpeg_tree
+from .fixtures import write_broken_images, write_cifar10, write_cifar100, write_images, write_jpeg_tree
+from .helpers import run_killable
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -237,14 +239,102 @@ def test_gpu_presets_parse(preset: str, capsys) -> None:
     assert ("sync_batchnorm: true" in printed) == ("ddp" in preset or "multinode" in preset)
 
 
+def rank_probe(folder: Path) -> list[str]:
+    """CLI arguments adding :class:`DumpRankState`, which saves each process's state into ``folder``."""
+    probe = {"class_path": "tests.helpers.DumpRankState", "init_args": {"folder": str(folder)}}
+    return [f"--trainer.callbacks+={json.dumps(probe)}"]
+
+
+def fit_in_subprocess(args: list[str], timeout: float = 240) -> None:
+    """``python -m resnest_pl.cli`` with ``args`` in its own process group, killed (the test failing) if it is still
+    running after ``timeout`` s: a DDP rank waiting forever for the other must not block the test suite."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+    result = run_killable([sys.executable, "-m", "resnest_pl.cli", *args], timeout, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def rank_states(folder: Path) -> list[dict]:
+    states = [torch.load(path, weights_only=False) for path in sorted(folder.glob("rank*.pt"))]
+    assert [(s["rank"], s["world_size"]) for s in states] == [(0, 2), (1, 2)]
+    return states
+
+
 @pytest.mark.slow
 def test_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "resnest_pl.cli", *quickstart(tmp_path)]
-    args += ["--config", str(CONFIGS / "trainer/cpu-ddp.yaml")]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
+    fit_in_subprocess([*quickstart(tmp_path), "--config", str(CONFIGS / "trainer/cpu-ddp.yaml"), *rank_probe(tmp_path)])
+    first, second = rank_states(tmp_path)
+    assert not torch.equal(first["first_targets"], second["first_targets"])  # each rank reads its own share
+    for name, weights in first["parameters"].items():  # averaged gradients: both ranks took the same steps
+        assert torch.equal(weights, second["parameters"][name]), name
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert state["global_step"] == 3  # 3 batches per process, each step averaged over both
+    assert state["global_step"] == 3
+    # The quick start's lr, 0.4 per 256 images, scaled by the global batch 2 x 64 = 128 to a peak of 0.2, warmed up
+    # over the epoch's 3 steps from 0 (one process alone would log half of these).
+    lrs = [float(r["train/lr"]) for r in metrics(tmp_path) if r.get("train/lr")]
+    assert lrs == pytest.approx([0.0, 0.2 / 3, 0.4 / 3], rel=1e-6)  # logged as float32
+
+
+# ---- corrupt images --------------------------------------------------------------------------------------------
+
+TRAIN_BROKEN, VAL_BROKEN = 7, 2
+
+
+def folder_with_broken_images(root: Path) -> Path:
+    """Two classes; train: 5 readable and 7 unreadable files, val: 6 and 2 (truncated JPEGs and garbage bytes).
+
+    In batches of 2, the 12 training files make 6 batches and only 5 can hold a readable one, so at least one
+    batch (one process's, under DDP) is made only of unreadable files, whatever the shuffle. Val is not shuffled
+    and sorts ``a_0, a_1, a_broken_0, a_broken_1``: its second batch is unreadable as a whole in one process.
+    """
+    write_images(root / "train" / "a", 3)
+    write_broken_images(root / "train" / "a", 3)
+    write_images(root / "train" / "b", 2, seed=1)
+    write_broken_images(root / "train" / "b", 4)
+    write_images(root / "val" / "a", 2)
+    write_broken_images(root / "val" / "a", VAL_BROKEN)
+    write_images(root / "val" / "b", 4, seed=1)
+    return root
+
+
+def broken_folder_fit(tmp_path: Path) -> list[str]:
+    root = folder_with_broken_images(tmp_path / "broken")
+    args = ["fit", "--config", str(CONFIGS / "quickstart.yaml"), *short(tmp_path, train_batches=6, val_batches=4)]
+    args += ["--data", "resnest_pl.data.ImageFolderDataModule", "--data.root", str(root), "--data.crop_size", "32"]
+    return [*args, "--data.batch_size", "2", "--data.num_workers", "0", *csv_logger(tmp_path)]
+
+
+def epoch_value(rows: list[dict[str, str]], key: str) -> float:
+    (value,) = [float(r[key]) for r in rows if r.get(key)]  # one epoch: one value
+    return value
+
+
+def test_fit_over_corrupt_images_counts_each_once(tmp_path: Path, capsys, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="resnest_pl.data"):
+        code, err = run_cli(broken_folder_fit(tmp_path), capsys)
+    assert code == 0, err
+    rows = metrics(tmp_path)
+    # Every file is drawn once in the epoch; an unreadable one is counted when drawn (not when passed over to
+    # find a replacement), so the counts are the numbers of unreadable files.
+    assert epoch_value(rows, "data/skipped_images") == TRAIN_BROKEN
+    assert epoch_value(rows, "val/skipped_images") == VAL_BROKEN
+    assert len([r for r in rows if r.get("train/loss")]) == 6  # every batch trained, the unreadable one too
+    logged = {r.args[0] for r in caplog.records if r.msg.startswith("skipping unreadable or corrupt image")}
+    assert logged == {str(path) for path in (tmp_path / "broken").rglob("*_broken_*")}  # each by its path
+
+
+@pytest.mark.slow
+def test_ddp_fit_over_corrupt_images_neither_hangs_nor_miscounts(tmp_path: Path) -> None:
+    """Before unreadable training images were replaced, a batch of only unreadable files made one rank skip its
+    step while the other waited for it in the gradient all-reduce, forever."""
+    args = [*broken_folder_fit(tmp_path), "--config", str(CONFIGS / "trainer/cpu-ddp.yaml"), *rank_probe(tmp_path)]
+    fit_in_subprocess(args, timeout=180)
+    first, second = rank_states(tmp_path)
+    for name, weights in first["parameters"].items():
+        assert torch.equal(weights, second["parameters"][name]), name
+    rows = metrics(tmp_path)
+    assert epoch_value(rows, "data/skipped_images") == TRAIN_BROKEN  # summed over both processes
+    assert epoch_value(rows, "val/skipped_images") == VAL_BROKEN
+    assert len([r for r in rows if r.get("train/loss")]) == 3  # 3 steps of 2 x 2 images
 
 
 # ---- wandb ---------------------------------------------------------------------------------------------------

@@ -500,10 +500,3 @@ def test_ddp_on_two_cpu_processes() -> None:
     assert metrics["train/lr"].item() == pytest.approx(peak * (1 + math.cos(math.pi * 3 / 4)) / 2)
     assert metrics["data/skipped_images"] == 64  # summed over both processes
     assert torch.isfinite(metrics["train/loss"]) and torch.isfinite(metrics["val/acc1"])
-
-
-def test_a_batch_of_only_unreadable_images_is_skipped() -> None:
-    module = tiny_module()
-    empty = (torch.empty(0, 3, 16, 16), torch.empty(0, dtype=torch.long), torch.tensor(4))
-    module.log = lambda *args, **kwargs: None  # outside a Trainer
-    assert module.training_step(empty, 0) is None
