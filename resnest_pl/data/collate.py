@@ -12,9 +12,9 @@ class SkipUnreadable:
     """Collate ``(image, int)`` samples into ``(images, targets, num_skipped)``, dropping None samples.
 
     ``num_skipped`` is an ``int64`` scalar tensor: the None samples plus the ``(image, int, 1)`` replacements of
-    unreadable images (see :class:`~resnest_pl.data.datasets.ImageFileDataset`). When every sample of a batch is dropped the images are an
-    empty ``(0, *sample_shape)`` tensor. Stacking goes through ``default_collate``, which writes a worker's batch
-    straight into shared memory.
+    unreadable images (see :class:`~resnest_pl.data.datasets.ImageFileDataset`). When every sample of a batch is
+    dropped the images are an empty ``(0, *sample_shape)`` tensor. Stacking goes through ``default_collate``, which
+    writes a worker's batch straight into shared memory.
 
     Args:
         sample_shape: ``(C, H, W)`` of one image, for the empty batch.
