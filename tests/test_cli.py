@@ -13,9 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from resnest_pl.cli import main
+from resnest_pl.data import DigitsDataModule
+from resnest_pl.data.decode import read_image
+from resnest_pl.module import ResNeStClassifier
 
 from .fixtures import write_broken_images, write_cifar10, write_cifar100, write_images, write_jpeg_tree
 from .helpers import run_killable
@@ -118,25 +122,40 @@ def test_print_config_resolves_the_composed_config(capsys) -> None:
 
 
 def test_fit_validate_test_predict_chain(tmp_path: Path, capsys) -> None:
+    """validate, test and predict on the best checkpoint reproduce what the fit logged for it and what the model,
+    loaded from it by hand, computes."""
     code, err = run_cli(quickstart(tmp_path), capsys)
     assert code == 0, err
     checkpoints = tmp_path / "run" / "checkpoints"
-    assert (checkpoints / "last.ckpt").is_file()
-    assert any(p.name.startswith("epoch") for p in checkpoints.iterdir())
-    rows = metrics(tmp_path)
-    assert 0.0 <= last_value(rows, "val/acc1") <= 1.0 and last_value(rows, "train/lr") > 0
-    assert (tmp_path / "run" / "csv_logs").is_dir()
+    (best,) = checkpoints.glob("epoch*-val_acc1_*.ckpt")
+    (fit,) = [r for r in metrics(tmp_path) if r.get("val/acc1")]
+    assert f"val_acc1_{float(fit['val/acc1']):.4f}.ckpt" in best.name
+    # The same weights on the same (unshuffled, equally limited) val batches: the same accuracy and loss (the
+    # loss tells apart weights that an accuracy near chance after 3 steps would not).
+    code, err = run_cli(quickstart(tmp_path, "--ckpt_path", str(best), subcommand="validate"), capsys)
+    assert code == 0, err
+    validated = metrics(tmp_path)
+    for key in ("val/acc1", "val/loss"):
+        assert last_value(validated, key) == pytest.approx(float(fit[key]), abs=1e-6), key
 
-    last = str(checkpoints / "last.ckpt")
-    for subcommand in ("validate", "test"):
-        code, err = run_cli(quickstart(tmp_path, "--ckpt_path", last, subcommand=subcommand), capsys)
-        assert code == 0, err
-    assert 0.0 <= last_value(metrics(tmp_path), "test/acc1") <= 1.0
+    model = ResNeStClassifier.load_from_checkpoint(best, map_location="cpu").eval()
+    data = DigitsDataModule(image_size=32, batch_size=64, num_workers=0)  # the quick start's data
+    data.setup("test")
+    with torch.no_grad():
+        batches = [(model(images), targets) for images, targets, _ in data.test_dataloader()]
+    logits, targets = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    code, err = run_cli(quickstart(tmp_path, "--ckpt_path", str(best), subcommand="test"), capsys)
+    assert code == 0, err
+    tested = metrics(tmp_path)
+    assert last_value(tested, "test/acc1") == pytest.approx(
+        (logits.argmax(1) == targets).float().mean().item(), abs=1e-6
+    )
+    assert last_value(tested, "test/loss") == pytest.approx(F.cross_entropy(logits, targets).item(), abs=1e-5)
 
     images = write_digit_pngs(tmp_path / "to_predict")
     out = tmp_path / "predictions.csv"
     args = quickstart(
-        tmp_path, "--ckpt_path", last, "--data.predict_paths", str(images[0].parent), subcommand="predict"
+        tmp_path, "--ckpt_path", str(best), "--data.predict_paths", str(images[0].parent), subcommand="predict"
     )
     code, err = run_cli([*args, "--predictions", str(out)], capsys)
     assert code == 0, err
@@ -144,10 +163,14 @@ def test_fit_validate_test_predict_chain(tmp_path: Path, capsys) -> None:
         rows = list(csv.DictReader(handle))
     assert sorted(r["path"] for r in rows) == sorted(str(p) for p in images)
     assert list(rows[0]) == ["path"] + [f"top{k}_{kind}" for k in range(1, 6) for kind in ("class", "prob")]
+    transform = data.eval_transform()
     for row in rows:
-        probs = [float(row[f"top{k}_prob"]) for k in range(1, 6)]
-        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-5
-        assert row["top1_class"] in [str(d) for d in range(10)]
+        with torch.no_grad():
+            probs = model(transform(read_image(row["path"]))[None]).softmax(dim=1)[0]
+        top_probs, top_classes = probs.topk(5)
+        assert [row[f"top{k}_class"] for k in range(1, 6)] == [data.class_names[c] for c in top_classes], row["path"]
+        written = [float(row[f"top{k}_prob"]) for k in range(1, 6)]
+        assert written == pytest.approx(top_probs.tolist(), abs=1e-5), row["path"]
 
 
 def test_resume_from_last_continues_the_run(tmp_path: Path, capsys) -> None:
