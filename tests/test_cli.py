@@ -271,7 +271,7 @@ def rank_probe(folder: Path) -> list[str]:
 def fit_in_subprocess(args: list[str], timeout: float = 240) -> None:
     """``python -m resnest_pl.cli`` with ``args`` in its own process group, killed (the test failing) if it is still
     running after ``timeout`` s: a DDP rank waiting forever for the other must not block the test suite."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # run from ROOT, so `tests.helpers` imports in every rank
     result = run_killable([sys.executable, "-m", "resnest_pl.cli", *args], timeout, cwd=ROOT, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
 
