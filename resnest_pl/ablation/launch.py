@@ -50,11 +50,15 @@ def run_logged(command: list[str], log_path: Path) -> Launch:
 
 def stop_group(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM the process group that ``process`` leads, wait up to ``grace_s`` for ``process`` to exit, then
-    SIGKILL whatever is left of the group, and reap ``process``."""
+    SIGKILL whatever is left of the group, and reap ``process``. A second Ctrl-C while waiting goes straight to
+    the SIGKILL."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
+    try:
         process.wait(timeout=grace_s)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
