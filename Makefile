@@ -1,4 +1,6 @@
-# Daily habits. `make install` creates .venv with the pinned CPU torch first, then the project.
+# Daily habits. `make install` creates .venv with the pinned torch first (PyPI's: the CUDA build on Linux), then the
+# project. CPU-only wheels: make install TORCH_SPEC="torch==2.14.1 torchvision==0.29.1 --index-url \
+# https://download.pytorch.org/whl/cpu". TORCH_SPEC goes to pip unquoted, so it may hold options.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1

@@ -327,9 +327,23 @@ def run_grid(plan: Plan) -> list[str]:
     return failures
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised in the main thread like Ctrl-C's ``KeyboardInterrupt``; ``signum`` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run (or plan, or emit) a grid; returns the exit status: 0, 1 when runs failed, 2 for a bad grid (one
-    ``error:`` line; ``RESNEST_PL_DEBUG=1`` raises instead), 130 when interrupted."""
+    ``error:`` line; ``RESNEST_PL_DEBUG=1`` raises instead), 128 + the signal when interrupted (130 for Ctrl-C,
+    143 for SIGTERM). The fit that was running is stopped first (see :func:`launch.run_logged`); its folder,
+    without ``result.json``, is run again next time."""
     args = parse_args(argv)
     try:
         grid = load_grid(args.config)
@@ -348,9 +362,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         print("\ninterrupted: run the same command again to finish the remaining runs", file=sys.stderr)
-        return 130
+        return 128 + getattr(interrupt, "signum", signal.SIGINT)
     if failures:
         print(f"{len(failures)} of {len(plan.runs)} runs failed:\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1
@@ -358,5 +372,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops the current fit too, like Ctrl-C
+    for signum in (signal.SIGINT, signal.SIGTERM):  # `kill` stops the current fit too, like Ctrl-C
+        signal.signal(signum, raise_interrupted)
     sys.exit(main())

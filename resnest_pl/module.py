@@ -337,11 +337,9 @@ class ResNeStClassifier(pl.LightningModule):
             set_random_state(self._rng_to_restore, self.device)
             self._rng_to_restore = None
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        # Never None, which DDP cannot skip: the data modules replace unreadable training images (ImageDataModule).
         images, targets, skipped = self._unpack(batch)
-        if images.shape[0] == 0:  # every image of the batch was unreadable: nothing to learn from
-            self._log_skipped("data/skipped_images", skipped, 1)
-            return None
         self._input_shape = tuple(images.shape)
         if self._mixing_active():
             rng = np.random.default_rng([self._mix_seed, self.global_rank, self.current_epoch, batch_idx])
@@ -358,7 +356,7 @@ class ResNeStClassifier(pl.LightningModule):
 
     def _evaluate(self, batch: Any, stage: str) -> None:
         images, targets, skipped = self._unpack(batch)
-        if images.shape[0] == 0:
+        if images.shape[0] == 0:  # evaluation drops unreadable images; here all of a batch were
             self._log_skipped(f"{stage}/skipped_images", skipped, 1)
             return
         self._input_shape = tuple(images.shape)

@@ -62,3 +62,19 @@ def write_jpeg_tree(root: Path, splits: dict[str, int], classes=WNIDS) -> Path:
         for k, name in enumerate(classes):
             write_images(root / split / name, count, seed=k)
     return root
+
+
+def write_broken_images(folder: Path, count: int) -> list[Path]:
+    """``count`` unreadable files named to sort after ``write_images``'s: alternately a real JPEG cut off after 200
+    bytes (its header parses, its pixels do not) and bytes that are no image at all."""
+    folder.mkdir(parents=True, exist_ok=True)
+    whole = folder / "whole.jpg"
+    Image.fromarray(np.full((30, 40, 3), 128, dtype=np.uint8)).save(whole, quality=90)
+    data = whole.read_bytes()
+    whole.unlink()
+    paths = []
+    for i in range(count):
+        path = folder / f"{folder.name}_broken_{i}.JPEG"
+        path.write_bytes(data[:200] if i % 2 == 0 else b"not an image " * 20)
+        paths.append(path)
+    return paths

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+from pathlib import Path
 from typing import Any
 
+import pytest
 import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
 
 from resnest_pl.models import ResNeSt, create_model
 
@@ -29,3 +36,42 @@ def make_trainer(**kwargs: Any) -> pl.Trainer:
     )
     options.update(kwargs)
     return pl.Trainer(**options)
+
+
+class DumpRankState(Callback):
+    """Saves, at the end of fit, what one process holds: its rank, the world size, its parameters and the targets
+    of its first training batch, as ``<folder>/rank<N>.pt``. Added to a CLI run with ``--trainer.callbacks+=``."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+        self.first_targets: torch.Tensor | None = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, *_: Any) -> None:
+        if self.first_targets is None:
+            self.first_targets = batch[1].detach().clone()
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        state = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "parameters": {name: p.detach().clone() for name, p in pl_module.named_parameters()},
+            "first_targets": self.first_targets,
+        }
+        torch.save(state, self.folder / f"rank{trainer.global_rank}.pt")
+
+
+def run_killable(args: list[str], timeout: float, **kwargs: Any) -> subprocess.CompletedProcess:
+    """``subprocess.run`` in a new session whose whole process group is killed on timeout, so that a hung run (a
+    DDP rank waiting for another in a collective, say) fails the test instead of blocking it, and leaves no
+    process behind (``subprocess.run`` alone kills only the direct child)."""
+    with subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            pytest.fail(f"{' '.join(args[:4])} ... still running after {timeout} s (hung?):\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)

@@ -7,8 +7,10 @@ import math
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -388,3 +390,79 @@ def test_real_failing_cell_does_not_stop_the_other(
     results = pd.read_csv(tmp_path / "out" / "results.csv").set_index("cell")
     assert results.loc["2s1x64d-in_chans=3", "seeds"] == 1
     assert results.loc["2s1x64d-in_chans=1", "seeds"] == 0
+
+
+def children_of(pid: int) -> dict[int, str]:
+    """The command line of each process whose parent is ``pid``, by process id (read from /proc)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if parent == pid:
+            found[int(stat.parent.name)] = command
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped by its new parent, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the runner's child processes in /proc")
+def test_sigterm_stops_the_running_fit_and_a_rerun_finishes_only_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A DataLoader worker per fit: the runner must stop what the fit started too, not only the fit.
+    grid = write_grid(tmp_path, fixed={**TINY_FIT, "data.num_workers": 1})
+    out = tmp_path / "out"
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "resnest_pl.ablate", "--config", str(grid)],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    fit, worker = None, None
+    try:
+        deadline = time.monotonic() + 120
+        while worker is None:  # the first cell's fit done, the second's loading its data
+            assert runner.poll() is None, runner.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the second fit did not start loading data within 120 s"
+            fit = next((pid for pid, command in children_of(runner.pid).items() if "2s1x64d" in command), None)
+            worker = next(iter(children_of(fit)), None) if fit is not None else None
+            time.sleep(0.05)
+        runner.send_signal(signal.SIGTERM)
+        _, err = runner.communicate(timeout=30)  # a generous bound on "promptly": the fit is stopped, not awaited
+    finally:
+        for group in (runner.pid, fit):
+            if group is not None and group_alive(group):
+                os.killpg(group, signal.SIGKILL)
+        runner.wait()
+    assert runner.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "run the same command again" in err
+    assert not alive(fit) and not alive(worker)  # the fit and its DataLoader worker are gone, not orphaned
+    assert not group_alive(fit)  # nor anything else the fit started
+    assert (out / "0s1x64d" / "seed0" / "result.json").is_file()
+    assert not (out / "2s1x64d" / "seed0" / "result.json").exists()
+
+    rerun = FakeLauncher()
+    monkeypatch.setattr(launch, "run_logged", rerun)
+    assert run(["--config", str(grid)], capsys)[0] == 0
+    assert rerun.cells == ["2s1x64d"]

@@ -10,7 +10,7 @@ import torch
 
 from resnest_pl.data import DataLayoutError, DatasetNotFoundError, ImageFolderDataModule, ImageNetDataModule
 
-from .fixtures import WNIDS, write_images, write_jpeg_tree
+from .fixtures import WNIDS, write_broken_images, write_images, write_jpeg_tree
 
 
 def first_batch(loader):
@@ -116,24 +116,57 @@ def test_corrupt_image_is_skipped_counted_and_logged(imagenet, caplog):
     assert str(bad) in caplog.text
 
 
-def test_corrupt_images_in_worker_processes(imagenet):
+def test_corrupt_training_images_are_replaced_in_worker_processes(imagenet):
     for i in range(2):
         (imagenet / "train" / WNIDS[1] / f"broken{i}.JPEG").write_bytes(b"garbage")
     dm = ImageNetDataModule(str(imagenet), crop_size=32, batch_size=14, num_workers=1, drop_last=False)
     dm.setup("fit")
     ((images, targets, skipped),) = list(dm.train_dataloader())
-    assert skipped.item() == 2 and images.shape == (12, 3, 32, 32) and len(targets) == 12
+    assert skipped.item() == 2 and images.shape == (14, 3, 32, 32) and len(targets) == 14
 
 
-def test_batch_of_only_unreadable_images_is_empty_not_an_error(tmp_path):
-    write_images(tmp_path / "data" / "a", 1)
-    (tmp_path / "data" / "b").mkdir()
-    (tmp_path / "data" / "b" / "x.jpg").write_bytes(b"garbage")
-    dm = ImageFolderDataModule(str(tmp_path / "data"), val_fraction=0, crop_size=16, batch_size=1, num_workers=0)
-    batches = list(dm.train_dataloader())
-    assert sorted(int(b[2]) for b in batches) == [0, 1]
-    empty = next(b for b in batches if int(b[2]) == 1)
-    assert empty[0].shape == (0, 3, 16, 16) and empty[1].shape == (0,)
+def test_unreadable_training_image_is_replaced_by_the_next_readable_one(tmp_path, caplog):
+    """``a/a_0, a/a_broken_0, a/a_broken_1, b/b_0``: the broken files are replaced by ``b_0``, the broken-only
+    batch included, the last file wraps around to the first, and each broken file is counted once when drawn."""
+    root = tmp_path / "data"
+    write_images(root / "a", 1)
+    broken = write_broken_images(root / "a", 2)
+    write_images(root / "b", 1, seed=1)
+    dm = ImageFolderDataModule(str(root), val_fraction=0, crop_size=16, batch_size=2, num_workers=0)
+    dataset = dm.dataset("train")
+    assert [Path(f).name for f in dataset.files] == ["a_0.JPEG", "a_broken_0.JPEG", "a_broken_1.JPEG", "b_0.JPEG"]
+    with caplog.at_level(logging.WARNING, logger="resnest_pl.data"):
+        samples = [dataset[i] for i in range(4)]
+    assert [len(s) for s in samples] == [2, 3, 3, 2]
+    assert [s[1] for s in samples] == [0, 1, 1, 1] and samples[1][2] == samples[2][2] == 1
+    assert [r.args[0] for r in caplog.records] == [str(p) for p in broken]
+    collate = dm.train_dataloader().collate_fn
+    images, targets, skipped = collate([samples[1], samples[2]])  # a batch of only unreadable files
+    assert images.shape == (2, 3, 16, 16) and targets.tolist() == [1, 1] and skipped.item() == 2
+    assert collate([samples[0], samples[3]])[2].item() == 0
+
+    dataset.transform = lambda image: torch.from_numpy(image.copy())  # no random augmentation: compare pixels
+    assert torch.equal(dataset[1][0], dataset[3][0]) and torch.equal(dataset[2][0], dataset[3][0])
+
+    (root / "b" / "b_0.JPEG").write_bytes(b"garbage")  # the last file: its replacement wraps around to a_0
+    assert dataset[3][1:] == (0, 1)
+
+
+def test_split_without_a_readable_image_is_named(tmp_path):
+    write_broken_images(tmp_path / "data" / "a", 2)
+    dm = ImageFolderDataModule(str(tmp_path / "data"), val_fraction=0, crop_size=16, num_workers=0)
+    with pytest.raises(ValueError, match="none of the 2 images of this split can be read"):
+        dm.dataset("train")[0]
+
+
+def test_evaluation_drops_unreadable_images_even_a_whole_batch(tmp_path):
+    root = write_jpeg_tree(tmp_path / "data", {"train": 1, "val": 1}, classes=["a", "b"])
+    (root / "val" / "b" / "b_0.JPEG").write_bytes(b"garbage")
+    dm = ImageFolderDataModule(str(root), crop_size=16, batch_size=1, num_workers=0)
+    dm.setup("validate")
+    batches = list(dm.val_dataloader())
+    assert [int(b[2]) for b in batches] == [0, 1]
+    assert batches[1][0].shape == (0, 3, 16, 16) and batches[1][1].shape == (0,)
 
 
 def test_image_folder_train_val_test_layout(tmp_path):

@@ -29,9 +29,11 @@ class ImageDataModule(pl.LightningDataModule, ABC):
 
     - train / val / test: ``(images, targets, num_skipped)``: ``images`` float32 ``(N, 3, H, W)``, normalised
       with ``mean`` / ``std``; ``targets`` int64 ``(N,)`` class indices; ``num_skipped`` an int64 scalar tensor,
-      the images of this batch that could not be read (each logged by path through ``logging``) and were
-      dropped, so ``N`` can be below ``batch_size`` (even 0, with images of shape ``(0, 3, H, W)``, when a whole
-      batch is unreadable). A module uses ``images, targets = batch[0], batch[1]``.
+      the images drawn for this batch that could not be read (each logged by path through ``logging``). In
+      training each is replaced by the next readable image of the split, so ``N == batch_size`` (but for a last
+      batch kept with ``drop_last=False``): under DDP an empty batch would stall the other ranks. In val / test
+      they are dropped, so ``N`` can be below ``batch_size`` (even 0, with images of shape ``(0, 3, H, W)``) and
+      every readable image counts once in the metrics. A module uses ``images, targets = batch[0], batch[1]``.
     - predict: ``(images, indices)``: ``indices`` int64 positions in :attr:`predict_files` (unreadable files
       are dropped, so a writer maps outputs back to paths through them).
 
@@ -90,7 +92,8 @@ class ImageDataModule(pl.LightningDataModule, ABC):
 
     @abstractmethod
     def build_dataset(self, split: Split) -> Dataset:
-        """The dataset of ``split``, yielding ``(image tensor, class index)`` or None for an unreadable image."""
+        """The dataset of ``split``, yielding ``(image tensor, class index)``; for an unreadable image, a replacement
+        ``(image tensor, class index, 1)`` in ``"train"`` and None otherwise (see ``ImageFileDataset``)."""
 
     @abstractmethod
     def eval_transform(self) -> ImageTransform:

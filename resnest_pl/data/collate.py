@@ -1,19 +1,20 @@
-"""Batch collation that drops the samples a dataset could not read (returned as None) and counts them."""
+"""Batch collation that counts the images a dataset could not read: dropped (None) or replaced."""
 
 from __future__ import annotations
 
 import torch
 from torch.utils.data import default_collate
 
-from .datasets import Sample
+from .datasets import Replacement, Sample
 
 
 class SkipUnreadable:
     """Collate ``(image, int)`` samples into ``(images, targets, num_skipped)``, dropping None samples.
 
-    ``num_skipped`` is an ``int64`` scalar tensor. When every sample of a batch is dropped the images are an
-    empty ``(0, *sample_shape)`` tensor. Stacking goes through ``default_collate``, which writes a worker's batch
-    straight into shared memory.
+    ``num_skipped`` is an ``int64`` scalar tensor: the None samples plus the ``(image, int, 1)`` replacements of
+    unreadable images (see :class:`~resnest_pl.data.datasets.ImageFileDataset`). When every sample of a batch is
+    dropped the images are an empty ``(0, *sample_shape)`` tensor. Stacking goes through ``default_collate``, which
+    writes a worker's batch straight into shared memory.
 
     Args:
         sample_shape: ``(C, H, W)`` of one image, for the empty batch.
@@ -24,8 +25,9 @@ class SkipUnreadable:
         self.sample_shape = tuple(sample_shape)
         self.count_skipped = count_skipped
 
-    def __call__(self, samples: list[Sample | None]) -> tuple[torch.Tensor, ...]:
-        kept = [s for s in samples if s is not None]
+    def __call__(self, samples: list[Sample | Replacement | None]) -> tuple[torch.Tensor, ...]:
+        kept = [s[:2] for s in samples if s is not None]
+        replaced = sum(len(s) == 3 for s in samples if s is not None)
         if kept:
             images, targets = default_collate(kept)
         else:
@@ -33,7 +35,7 @@ class SkipUnreadable:
             targets = torch.empty(0, dtype=torch.int64)
         if not self.count_skipped:
             return images, targets
-        return images, targets, torch.tensor(len(samples) - len(kept), dtype=torch.int64)
+        return images, targets, torch.tensor(len(samples) - len(kept) + replaced, dtype=torch.int64)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(sample_shape={self.sample_shape}, count_skipped={self.count_skipped})"

@@ -1,4 +1,5 @@
-"""Map-style datasets yielding ``(image tensor, int)`` pairs, or None for an image that cannot be read."""
+"""Map-style datasets yielding ``(image tensor, int)`` pairs; for an image that cannot be read, None or a
+readable replacement marked as one."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from .decode import read_image
 logger = logging.getLogger(__name__)
 
 Sample = tuple[torch.Tensor, int]
+# A readable image drawn in place of an unreadable one; the trailing int counts the unreadable image (always 1).
+Replacement = tuple[torch.Tensor, int, int]
 
 
 class ArrayDataset(Dataset):
@@ -42,32 +45,54 @@ class ArrayDataset(Dataset):
 
 
 class ImageFileDataset(Dataset):
-    """Image files decoded with OpenCV; a file that cannot be read or decoded is logged by path and yields None.
+    """Image files decoded with OpenCV; a file that cannot be read or decoded is logged by path as a warning.
+
+    What an unreadable file yields depends on ``replace_unreadable``:
+
+    - False (val / test / predict): None, which :class:`~resnest_pl.data.collate.SkipUnreadable` drops, so every
+      readable image is evaluated exactly once and batches may be smaller (even empty).
+    - True (training): ``(image, target, 1)`` of the next readable file in order (wrapping around), so training
+      batches keep their size. Under DDP every rank must run every step: a rank with an empty batch would skip
+      its step while the others wait for it in their gradient all-reduce. The trailing 1 counts the file drawn,
+      not the unreadable files passed over to find a replacement (each of those is counted when it is drawn
+      itself), so an epoch that draws every index once counts each unreadable file exactly once.
 
     Args:
         files: image paths.
         targets: an integer per file: its class index, or its position for prediction.
         transform: maps an RGB ``uint8`` array to a tensor; its ``min_source_side`` attribute, when set, lets
             the decoder shrink large JPEGs (see :func:`resnest_pl.data.decode.decode_image`).
+        replace_unreadable: draw the next readable file in place of an unreadable one.
     """
 
     def __init__(
-        self, files: Sequence[str], targets: Sequence[int], transform: Callable[[np.ndarray], torch.Tensor]
+        self,
+        files: Sequence[str],
+        targets: Sequence[int],
+        transform: Callable[[np.ndarray], torch.Tensor],
+        replace_unreadable: bool = False,
     ) -> None:
         if len(files) != len(targets):
             raise ValueError(f"{len(files)} files but {len(targets)} targets")
         self.files = list(files)
         self.targets = [int(t) for t in targets]
         self.transform = transform
+        self.replace_unreadable = replace_unreadable
         self.min_source_side: int | None = getattr(transform, "min_source_side", None)
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> Sample | None:
-        path = self.files[index]
-        image = read_image(path, self.min_source_side)
-        if image is None:
-            logger.warning("skipping unreadable or corrupt image %s", path)
+    def __getitem__(self, index: int) -> Sample | Replacement | None:
+        image = read_image(self.files[index], self.min_source_side)
+        if image is not None:
+            return self.transform(image), self.targets[index]
+        logger.warning("skipping unreadable or corrupt image %s", self.files[index])
+        if not self.replace_unreadable:
             return None
-        return self.transform(image), self.targets[index]
+        for step in range(1, len(self.files)):
+            other = (index + step) % len(self.files)
+            image = read_image(self.files[other], self.min_source_side)
+            if image is not None:
+                return self.transform(image), self.targets[other], 1
+        raise ValueError(f"none of the {len(self.files)} images of this split can be read, e.g. {self.files[index]}")

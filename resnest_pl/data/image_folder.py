@@ -153,4 +153,5 @@ class ImageFolderDataModule(ImageDataModule):
     def build_dataset(self, split: Split) -> Dataset:
         files, targets = self.files(split)
         transform = self.train_transform() if split == "train" else self.eval_transform()
-        return ImageFileDataset(files, targets, transform)
+        # Training batches keep their size (an empty one would stall DDP); evaluation sees each readable image once.
+        return ImageFileDataset(files, targets, transform, replace_unreadable=split == "train")
