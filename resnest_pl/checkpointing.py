@@ -4,13 +4,14 @@ Lightning's ``ModelCheckpoint(save_last=True)`` rewrites ``last.ckpt`` only in a
 top-k checkpoint, so beside a best-``val/acc1`` callback "last" is a copy of the best epoch. Here ``last.ckpt``
 has a callback of its own, :class:`LastCheckpoint`, that writes the newest training state at every epoch end,
 at the end of training, every N optimizer steps or M minutes, when the run is interrupted (SIGTERM, SIGINT,
-or any exception once training has progressed) and at the step after SLURM's requeue signal. Lightning writes
-checkpoints atomically on local disks (``fsspec`` transactions: a temporary file renamed into place), so a
-process killed mid-save leaves the previous ``last.ckpt`` intact.
+or any exception once training has progressed) and at the step after SLURM's requeue signal. It writes
+``last.ckpt.partial`` and renames it into place, so a process killed mid-save leaves the previous ``last.ckpt``
+intact.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 import signal
 import time
@@ -20,11 +21,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from .models import IncompatibleCheckpointError
 
 LAST_NAME = "last"
+PARTIAL_SUFFIX = ".partial"
 HPC_PATTERN = "hpc_ckpt_*.ckpt"  # Lightning's SLURM requeue checkpoints, in trainer.default_root_dir
 
 
@@ -74,7 +77,19 @@ class LastCheckpoint(ModelCheckpoint):
         return f"{type(self).__name__}[{LAST_NAME}]"
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        super()._save_checkpoint(trainer, filepath)
+        """Write ``<file>.partial``, then rename it over ``last.ckpt``: a process killed while it writes leaves
+        the previous ``last.ckpt`` whole. (Lightning's own save goes through a temporary file that fsspec puts in
+        the system temp folder and then *copies* to a checkpoint folder on another file system, a cluster's
+        usual case, so it is not atomic there.)"""
+        if not _is_local_file_protocol(filepath):
+            super()._save_checkpoint(trainer, filepath)
+        else:
+            partial = f"{filepath}{PARTIAL_SUFFIX}"
+            super()._save_checkpoint(trainer, partial)  # ends with a barrier: rank 0 has written it
+            if trainer.is_global_zero:
+                os.replace(partial, filepath)
+            trainer.strategy.barrier("LastCheckpoint.replace")
+            self._last_checkpoint_saved = filepath
         self._last_save_time = time.monotonic()
 
     def save_now(self, trainer: pl.Trainer) -> None:

@@ -13,8 +13,12 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
+from resnest_pl.cli import main
 from resnest_pl.models import ResNeSt, create_model
 
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+QUICK = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 TINY = dict(width_multiplier=0.25, stem_width=8, min_attn_channels=8)
 TINY_SMALL_INPUT = {**TINY, "small_input": True}
 
@@ -75,3 +79,13 @@ def run_killable(args: list[str], timeout: float, **kwargs: Any) -> subprocess.C
             stdout, stderr = process.communicate()
             pytest.fail(f"{' '.join(args[:4])} ... still running after {timeout} s (hung?):\n{stderr[-3000:]}")
     return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """Run the CLI in this process; returns the exit status and stderr."""
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    return code, capsys.readouterr().err

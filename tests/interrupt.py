@@ -5,11 +5,13 @@ Used by the resume tests through ``--trainer.callbacks+=tests.interrupt.SignalAt
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Callback
 
 
@@ -28,3 +30,30 @@ class SignalAtStep(Callback):
         if trainer.global_step == self.step and not self.sent:
             self.sent = True
             os.kill(os.getpid(), self.signum)
+
+
+class KillDuringSave(Callback):
+    """SIGKILL this process half-way through writing the first checkpoint saved after optimizer step ``step``.
+
+    The checkpoint's bytes go straight to the path the save was asked for, half of them, then the process dies:
+    what any non-atomic writer leaves behind when a job is killed mid-save.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if trainer.global_step != self.step:
+            return
+        from lightning_fabric.plugins.io import torch_io
+
+        def write_half_then_die(content: dict, filepath: str) -> None:
+            buffer = io.BytesIO()
+            torch.save(content, buffer)
+            with open(filepath, "wb") as handle:
+                handle.write(buffer.getvalue()[: buffer.tell() // 2])
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        torch_io._atomic_save = write_half_then_die  # the writer TorchCheckpointIO.save_checkpoint calls

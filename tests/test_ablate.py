@@ -273,6 +273,9 @@ def test_emitted_sweep_and_slurm_files(
     assert len(lines) == 4
     script = (out / "slurm" / "ablation.sbatch").read_text()
     assert "#SBATCH --array=0-3\n" in script and "srun" in script and "SLURM_ARRAY_TASK_ID" in script
+    # Requeued before the time limit by Lightning's SLURM environment, and resumed from last.ckpt.
+    assert "#SBATCH --signal=SIGUSR1@90\n#SBATCH --requeue\n" in script
+    assert 'eval "srun $line --ckpt_path last"' in script
     subprocess.run(["bash", "-n", str(out / "slurm" / "ablation.sbatch")], check=True)
     for line in lines:
         argv = shlex.split(line)

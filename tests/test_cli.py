@@ -22,11 +22,7 @@ from resnest_pl.data.decode import read_image
 from resnest_pl.module import ResNeStClassifier
 
 from .fixtures import write_broken_images, write_cifar10, write_cifar100, write_images, write_jpeg_tree
-from .helpers import run_killable
-
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-QUICK = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+from .helpers import CONFIGS, QUICK, ROOT, run_cli, run_killable
 
 
 def short(tmp_path: Path, epochs: int = 1, train_batches: int = 3, val_batches: int = 2) -> list[str]:
@@ -60,16 +56,6 @@ def quickstart(tmp_path: Path, *extra: str, subcommand: str = "fit") -> list[str
         *short(tmp_path),
         *extra,
     ]
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    """Run the CLI in this process; returns the exit status and stderr."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    return code, capsys.readouterr().err
 
 
 def metrics(tmp_path: Path) -> list[dict[str, str]]:

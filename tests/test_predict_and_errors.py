@@ -13,18 +13,14 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from resnest_pl.cli import main
 from resnest_pl.data import DigitsDataModule, ImageFolderDataModule
 from resnest_pl.models import IncompatibleCheckpointError, get_variant
 from resnest_pl.module import ResNeStClassifier
 from resnest_pl.prediction import PredictionCSVWriter
 
 from .fixtures import write_images, write_jpeg_tree
-from .helpers import TINY, make_trainer
+from .helpers import CONFIGS, QUICK, ROOT, TINY, make_trainer, run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-QUICK = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 ANIMALS = ["cat", "dog", "fox"]
 
 
@@ -46,15 +42,6 @@ def quickstart(tmp_path: Path, subcommand: str, *extra: str) -> list[str]:
         *QUICK,
         *extra,
     ]
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    return code, capsys.readouterr().err
 
 
 def assert_one_error_line(code: int, err: str, starts: str) -> None:

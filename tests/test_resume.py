@@ -19,7 +19,7 @@ import torch
 
 from resnest_pl.checkpointing import check_checkpoint_file
 
-from .test_cli import CONFIGS, QUICK, ROOT, run_cli
+from .helpers import CONFIGS, QUICK, ROOT, run_cli
 
 STEPS_PER_EPOCH = 22  # 1437 training digits in batches of 64, the last one dropped
 
@@ -185,13 +185,19 @@ def test_check_checkpoint_file_accepts_a_real_checkpoint(trained: Path) -> None:
         check_checkpoint_file(trained / "missing.ckpt")
 
 
-def test_trains_without_a_logger(tmp_path: Path, capsys) -> None:
+def test_trains_without_a_logger_and_one_last_per_root(tmp_path: Path, capsys) -> None:
     """`--trainer.logger false`: the LR monitor, which needs a logger, stands aside instead of failing."""
     root = tmp_path / "run"
     args = fit_args(root, "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1", epochs=1)
     code, err = run_cli(args, capsys)
     assert code == 0, err
     assert load(root / "checkpoints" / "last.ckpt")["global_step"] == 3
+    # A second, fresh run in the same root overwrites last.ckpt (Lightning would add last-v1.ckpt).
+    first = (root / "checkpoints" / "last.ckpt").read_bytes()
+    code, err = run_cli([*args, "--seed_everything", "1"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (root / "checkpoints").glob("last*")) == ["last.ckpt"]
+    assert (root / "checkpoints" / "last.ckpt").read_bytes() != first
 
 
 def test_every_n_minutes_saves_during_the_epoch(tmp_path: Path, capsys) -> None:
@@ -203,6 +209,27 @@ def test_every_n_minutes_saves_during_the_epoch(tmp_path: Path, capsys) -> None:
     assert result.returncode == -9
     # Killed in step 4's callbacks before the checkpoint callbacks (Lightning runs those last): step 3 is newest.
     assert load(root / "checkpoints" / "last.ckpt")["global_step"] == 3
+
+
+def test_a_process_killed_while_writing_last_leaves_the_previous_one_whole(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    kill = ["--trainer.callbacks+=tests.interrupt.KillDuringSave", "--trainer.callbacks.step", "4"]
+    result = cli(fit_args(root, *every_n_steps(2), *kill, epochs=1))
+    assert result.returncode == -9, result.stderr[-3000:]
+    assert (root / "checkpoints" / "last.ckpt.partial").is_file()  # the half-written file
+    assert load(root / "checkpoints" / "last.ckpt")["global_step"] == 2  # the previous save, whole
+    # The next run resumes from it, not from the partial file.
+    resumed = cli(fit_args(root, "--trainer.limit_train_batches", "6", "--ckpt_path", "last", epochs=1))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert load(root / "checkpoints" / "last.ckpt")["global_step"] == 6
+
+
+def test_ctrl_c_saves_the_current_step(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    limit = ["--trainer.limit_train_batches", "6", "--trainer.limit_val_batches", "1"]
+    stopped = cli(fit_args(root, *limit, *signal_at(4, "SIGINT"), epochs=1))
+    assert stopped.returncode != 0
+    assert load(root / "checkpoints" / "last.ckpt")["global_step"] == 4
 
 
 @pytest.mark.slow
@@ -252,3 +279,12 @@ def test_slurm_requeue_signal_saves_requeues_and_the_same_command_resumes(tmp_pa
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming from" in second.stderr and "last.ckpt" in second.stderr
     assert load(root / "checkpoints" / "last.ckpt")["global_step"] == 12
+
+
+def test_the_slurm_job_template_requeues_and_resumes() -> None:
+    script = ROOT / "configs" / "slurm" / "imagenet.sbatch"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    assert "#SBATCH --signal=SIGUSR1@90\n#SBATCH --requeue\n" in text
+    srun = text[text.index("srun ") :]
+    assert "--config configs/trainer/multinode.yaml" in srun and srun.rstrip().endswith("--ckpt_path last")

@@ -14,6 +14,7 @@ from .grid import Cell, GridFile, compact
 WANDB_PRESET = "configs/logger/wandb.yaml"
 OVERRIDES_PARAMETER = "model.model_overrides"
 SEED_PARAMETER = "seed_everything"
+REQUEUE_WARNING_SECONDS = 90  # SIGUSR1 this long before the time limit: time to save and requeue
 
 
 def sweep_command(grid: GridFile) -> list[str]:
@@ -72,7 +73,11 @@ def write_slurm(grid: GridFile, cells: list[Cell], folder: Path) -> tuple[Path, 
     (their folders, in the same order) and ``<folder>/ablation.sbatch``, a job array whose task ``i`` runs line
     ``i`` with ``srun`` and, when it succeeds, writes the line into ``<run folder>/fit.done``: a later
     ``python -m resnest_pl.ablate`` adopts those runs instead of running them again. ``grid.slurm`` adds
-    ``#SBATCH --key=value`` lines (gres, time, ...)."""
+    ``#SBATCH --key=value`` lines (gres, time, ...).
+
+    Each task asks for SIGUSR1 90 s before its time limit and is requeueable: Lightning's SLURM environment then
+    saves a checkpoint and calls ``scontrol requeue``, and the requeued task resumes with ``--ckpt_path last``
+    (which starts from scratch the first time)."""
     folder.mkdir(parents=True, exist_ok=True)
     runs = [(cell, seed) for cell in cells for seed in grid.seeds]
     lines = [command_line(grid, cell, seed) for cell, seed in runs]
@@ -88,12 +93,14 @@ def write_slurm(grid: GridFile, cells: list[Cell], folder: Path) -> tuple[Path, 
         f"#SBATCH --job-name={grid.name}\n"
         f"#SBATCH --array=0-{len(lines) - 1}\n"
         f"#SBATCH --output={folder}/%x-%A_%a.out\n"
+        f"#SBATCH --signal=SIGUSR1@{REQUEUE_WARNING_SECONDS}\n"
+        "#SBATCH --requeue\n"
         f"{options}"
         "set -euo pipefail\n"
         'cd "${SLURM_SUBMIT_DIR:-.}"\n'
         f'line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(listing))})\n'
         f'run_dir=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(dirs))})\n'
-        'eval "srun $line"\n'
+        'eval "srun $line --ckpt_path last"\n'
         f'printf "%s\\n" "$line" > "$run_dir/{EXTERNAL_DONE}"\n'
     )
     return script, listing
