@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -10,6 +11,7 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
+from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch.utils.data import DataLoader, Dataset
 
 from .collate import SkipUnreadable
@@ -19,6 +21,7 @@ from .resumable import ResumableSampler, SeededSamples
 from .transforms import ImageTransform
 
 Split = Literal["train", "val", "test"]
+MID_EPOCH_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
 _STAGE_SPLITS: dict[str, tuple[Split, ...]] = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
 
 
@@ -161,6 +164,8 @@ class ImageDataModule(pl.LightningDataModule, ABC):
         self._resume_at = (epoch, done)
         if done:
             rank_zero_info(f"resuming epoch {epoch} after its first {done} batches (same order and augmentations)")
+            # Lightning warns that a plain DataLoader cannot resume mid-epoch; this one's sampler does.
+            warnings.filterwarnings("ignore", message=MID_EPOCH_WARNING, category=PossibleUserWarning)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
