@@ -134,13 +134,14 @@ def eval_settings(checkpoint: Mapping[str, Any], name: str) -> dict[str, Any]:
     ``datamodule_hyper_parameters``, then the attributes ``ResNeStClassifier`` records), else the variant's."""
     variant = get_variant(name)
     data = {**(checkpoint.get("datamodule_hyper_parameters") or {}), **(checkpoint.get(RUN_KEY) or {}).get("data", {})}
-    crop_pct = data.get("crop_ratio", data.get("crop_pct", getattr(variant, "crop_pct", 0.875)))
+    # A data module argument left at None means "the model's published setting" (resnest_pl.eval_settings).
+    crop_pct = data.get("crop_pct")
     return {
         "mean": list(data.get("mean") or IMAGENET_MEAN),
         "std": list(data.get("std") or IMAGENET_STD),
         "eval_crop": int(data.get("eval_crop_size") or data.get("eval_crop") or variant.eval_crop),
-        "crop_pct": float(crop_pct),
-        "interpolation": str(data.get("interpolation") or getattr(variant, "interpolation", "bicubic")),
+        "crop_pct": float(variant.crop_pct if crop_pct is None else crop_pct),
+        "interpolation": str(data.get("interpolation") or variant.interpolation),
     }
 
 

@@ -33,7 +33,7 @@ DATA_FIELDS = (
     "num_classes",
     "crop_size",
     "eval_crop_size",
-    "crop_ratio",
+    "crop_pct",
     "interpolation",
     "mean",
     "std",

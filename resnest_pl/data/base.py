@@ -43,7 +43,8 @@ class ImageDataModule(pl.LightningDataModule, ABC):
     ``H = W = crop_size`` for training batches and ``eval_crop_size`` for val / test / predict batches.
 
     Set by each subclass's ``__init__`` (the CLI links ``data.num_classes`` to ``model.num_classes``):
-    ``num_classes``, ``class_names``, ``crop_size``, ``eval_crop_size``, ``mean``, ``std``.
+    ``num_classes``, ``class_names``, ``crop_size``, ``eval_crop_size``, ``crop_pct``, ``interpolation``, ``mean``,
+    ``std``.
 
     Training order: a :class:`~resnest_pl.data.resumable.ResumableSampler`, a ``DistributedSampler`` over the
     trainer's ranks whose shuffle and per-sample augmentation seeds depend only on the run's seed
@@ -65,6 +66,8 @@ class ImageDataModule(pl.LightningDataModule, ABC):
     class_names: list[str]
     crop_size: int
     eval_crop_size: int
+    crop_pct: float
+    interpolation: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 

@@ -169,6 +169,7 @@ class CIFAR10DataModule(ImageDataModule):
         self.class_names = list(self.classes)
         self.num_classes = len(self.class_names)
         self.crop_size = self.eval_crop_size = 32
+        self.crop_pct, self.interpolation = 1.0, "bilinear"  # the images are already at the model's size
         self.mean, self.std = self.stats
         self._arrays: dict[bool, tuple[np.ndarray, list[int]]] = {}
 
@@ -206,7 +207,9 @@ class CIFAR10DataModule(ImageDataModule):
         return transforms.pad_crop_train_transform(32, padding=4, flip=True, mean=self.mean, std=self.std)
 
     def eval_transform(self) -> ImageTransform:
-        return transforms.eval_transform(32, crop_pct=1.0, interpolation="bilinear", mean=self.mean, std=self.std)
+        return transforms.eval_transform(
+            32, crop_pct=self.crop_pct, interpolation=self.interpolation, mean=self.mean, std=self.std
+        )
 
     def build_dataset(self, split: Split) -> Dataset:
         from_train = split == "train" or (split == "val" and self.val_fraction > 0)

@@ -69,6 +69,7 @@ class DigitsDataModule(ImageDataModule):
         self.class_names = [str(d) for d in range(10)]
         self.num_classes = 10
         self.crop_size = self.eval_crop_size = image_size
+        self.crop_pct, self.interpolation = 1.0, "bilinear"  # the images are already at the model's size
         self.images, self.targets = digits_images(image_size)
         self.train_indices, self.val_indices = stratified_split(self.targets, val_fraction, seed)
         pixels = self.images[self.train_indices, ..., 0] / 255.0
@@ -82,7 +83,7 @@ class DigitsDataModule(ImageDataModule):
 
     def eval_transform(self) -> ImageTransform:
         return transforms.eval_transform(
-            self.image_size, crop_pct=1.0, interpolation="bilinear", mean=self.mean, std=self.std
+            self.image_size, crop_pct=self.crop_pct, interpolation=self.interpolation, mean=self.mean, std=self.std
         )
 
     def build_dataset(self, split: Split) -> Dataset:
