@@ -57,3 +57,17 @@ class KillDuringSave(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
         torch_io._atomic_save = write_half_then_die  # the writer TorchCheckpointIO.save_checkpoint calls
+
+
+class FailOnFirstAttempt(Callback):
+    """Raise after optimizer step ``step`` in the first attempt of a torchrun job (``TORCHELASTIC_RESTART_COUNT``
+    is 0), as a crashing worker would; restarted attempts run through."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step == self.step and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
+            raise RuntimeError(f"worker failure injected after step {self.step}")

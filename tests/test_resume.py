@@ -293,3 +293,25 @@ def test_the_slurm_job_template_requeues_and_resumes() -> None:
     assert "#SBATCH --signal=SIGUSR1@90\n#SBATCH --requeue\n" in text
     srun = text[text.index("srun ") :]
     assert "--config configs/trainer/multinode.yaml" in srun and srun.rstrip().endswith("--ckpt_path last")
+
+
+@pytest.mark.slow
+def test_torchrun_restarts_a_failed_worker_which_resumes_from_last(tmp_path: Path) -> None:
+    """``torchrun --max-restarts 1`` reruns the same command line after a worker fails: the exception has
+    refreshed last.ckpt and ``--ckpt_path last`` continues from it."""
+    root = tmp_path / "run"
+    fail = ["--trainer.callbacks+=tests.interrupt.FailOnFirstAttempt", "--trainer.callbacks.step", "4"]
+    args = fit_args(root, "--trainer.limit_train_batches", "6", "--trainer.limit_val_batches", "1", *fail)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
+    result = subprocess.run(
+        [*torchrun, "--max-restarts", "1", "-m", "resnest_pl.cli", *args, "--ckpt_path", "last"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "worker failure injected after step 4" in result.stderr
+    assert "--ckpt_path last: resuming from" in result.stderr
+    assert load(root / "checkpoints" / "last.ckpt")["global_step"] == 12
