@@ -89,3 +89,16 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
     return code, capsys.readouterr().err
+
+
+class RecordInputSizes(Callback):
+    """Append ``"<global step> <image side>"`` for every training batch to ``path`` (read by a test process)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        with self.path.open("a") as handle:
+            handle.write(f"{trainer.global_step} {batch[0].shape[-1]}\n")

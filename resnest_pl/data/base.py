@@ -151,6 +151,10 @@ class ImageDataModule(pl.LightningDataModule, ABC):
             self._resume_at = None
         return self._loader("train", drop_last=self.drop_last, crop=self.crop_size, sampler=sampler)
 
+    def train_transform_schedule(self) -> list[tuple[int, ImageTransform]]:
+        """``(first epoch, training transform)`` pairs of a progressive-resizing schedule; none by default."""
+        return []
+
     def state_dict(self) -> dict[str, Any]:
         """The training order's seed and, during fit, the epoch and the batches done in it (saved in checkpoints)."""
         trainer = self.trainer
@@ -191,7 +195,7 @@ class ImageDataModule(pl.LightningDataModule, ABC):
         pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
         dataset = self.dataset(split)
         return DataLoader(
-            SeededSamples(dataset) if sampler is not None else dataset,
+            SeededSamples(dataset, self.train_transform_schedule()) if sampler is not None else dataset,
             batch_size=self.batch_size,
             sampler=sampler,
             # Its own generator for the workers' base seed: creating the iterator must not draw from torch's

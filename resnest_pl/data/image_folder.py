@@ -43,6 +43,10 @@ class ImageFolderDataModule(ImageDataModule):
         lighting: standard deviation of the PCA lighting noise; 0 disables.
         mean: per-channel normalisation mean (RGB, 0-1 scale).
         std: per-channel normalisation std.
+        train_crop_schedule: progressive resizing, ``{first epoch: training crop}``, e.g. ``{0: 160, 90: 192,
+            180: 224}``: smaller, cheaper images early, as FFCV's and timm's fast recipes do. Epochs before the
+            first key train at ``crop_size``; evaluation stays at ``eval_crop_size``. A resumed run picks the
+            crop of its epoch.
 
     The three evaluation settings default to None: the CLI sets them to the model's published ones (how its
     top-1 was measured, ``resnest_pl.models.get_variant(name)``); built directly, None means ``crop_size``,
@@ -63,6 +67,7 @@ class ImageFolderDataModule(ImageDataModule):
         lighting: float = 0.1,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
+        train_crop_schedule: dict[int, int] | None = None,
         batch_size: int = 64,
         num_workers: int = 4,
         pin_memory: bool | None = None,
@@ -90,6 +95,7 @@ class ImageFolderDataModule(ImageDataModule):
         self.lighting = lighting
         self.mean = as_triplet(mean, "mean")
         self.std = as_triplet(std, "std")
+        self.train_crop_schedule = crop_schedule(train_crop_schedule)
         self.train_dir, self.val_dir, self.test_dir = self.locate(self.root)
         class_dir = self.train_dir or self.val_dir
         assert class_dir is not None  # locate() guarantees one of them
@@ -114,10 +120,13 @@ class ImageFolderDataModule(ImageDataModule):
         """How to fix ``folder`` when it holds images directly instead of class folders."""
         return "move them into one sub-folder per class"
 
-    def train_transform(self) -> ImageTransform:
+    def train_transform(self, crop_size: int | None = None) -> ImageTransform:
         return transforms.imagenet_train_transform(
-            self.crop_size, self.auto_augment, self.color_jitter, self.lighting, self.mean, self.std
+            crop_size or self.crop_size, self.auto_augment, self.color_jitter, self.lighting, self.mean, self.std
         )
+
+    def train_transform_schedule(self) -> list[tuple[int, ImageTransform]]:
+        return [(epoch, self.train_transform(crop)) for epoch, crop in self.train_crop_schedule]
 
     def eval_transform(self) -> ImageTransform:
         return transforms.eval_transform(self.eval_crop_size, self.crop_pct, self.interpolation, self.mean, self.std)
@@ -155,3 +164,15 @@ class ImageFolderDataModule(ImageDataModule):
         transform = self.train_transform() if split == "train" else self.eval_transform()
         # Training batches keep their size (an empty one would stall DDP); evaluation sees each readable image once.
         return ImageFileDataset(files, targets, transform, replace_unreadable=split == "train")
+
+
+def crop_schedule(schedule: dict[int, int] | None) -> list[tuple[int, int]]:
+    """``{first epoch: crop}`` as sorted pairs, checked."""
+    pairs = sorted((int(epoch), int(crop)) for epoch, crop in (schedule or {}).items())
+    for epoch, crop in pairs:
+        if epoch < 0 or crop < 8:
+            raise ValueError(
+                f"train_crop_schedule maps a first epoch (>= 0) to a training crop (>= 8 pixels), e.g. "
+                f"{{0: 160, 90: 224}}; got {{{epoch}: {crop}}}"
+            )
+    return pairs

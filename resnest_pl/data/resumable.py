@@ -16,10 +16,12 @@ records a loader's state after its one-batch prefetch, one batch too far.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import Dataset, DistributedSampler, Subset
+
+from .transforms import ImageTransform
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -28,7 +30,7 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class ResumableSampler(DistributedSampler):
-    """Shuffled ``(index, sample seed)`` pairs for one rank, in an order fixed by ``seed`` and the epoch.
+    """Shuffled ``(index, sample seed, epoch)`` keys for one rank, in an order fixed by ``seed`` and the epoch.
 
     Args:
         dataset: the training dataset.
@@ -45,34 +47,52 @@ class ResumableSampler(DistributedSampler):
         """Skip the first ``samples_done`` samples of this rank's share of ``epoch`` (once)."""
         self._resume = (epoch, samples_done)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:  # type: ignore[override]
         indices = list(super().__iter__())
         start = 0
         if self._resume is not None and self._resume[0] == self.epoch:
             start = self._resume[1]
             self._resume = None
         for index in indices[start:]:
-            yield index, sample_seed(self.seed, self.epoch, index)
+            yield index, sample_seed(self.seed, self.epoch, index), self.epoch
 
 
 class SeededSamples(Dataset):
-    """``dataset[(index, seed)]``: the sample at ``index`` with its transform seeded by ``seed``.
+    """``dataset[(index, seed, epoch)]``: the sample at ``index``, its transform seeded by ``seed``.
 
     The dataset (or the one a ``Subset`` selects from) keeps its transform in ``transform``, with a
     ``reseed(seed)`` method (:class:`resnest_pl.data.transforms.ImageTransform`).
+
+    Args:
+        dataset: the training dataset.
+        schedule: ``(first epoch, transform)`` pairs, sorted: from each first epoch on, samples use that
+            transform instead of the dataset's own (progressive resizing). The epoch comes with the key, so
+            persistent workers and a resumed run follow the schedule without rebuilding the loader.
     """
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: Dataset, schedule: Sequence[tuple[int, ImageTransform]] = ()) -> None:
         self.dataset = dataset
         source = dataset
         while isinstance(source, Subset):
             source = source.dataset
-        self.transform = source.transform  # type: ignore[attr-defined]
+        self.source = source
+        self.default = source.transform  # type: ignore[attr-defined]
+        self.schedule = list(schedule)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: tuple[int, int]) -> object:
-        index, seed = key
-        self.transform.reseed(seed)
+    def transform_for(self, epoch: int) -> ImageTransform:
+        """The transform of ``epoch``: the schedule's latest entry that has started, else the dataset's own."""
+        started = [transform for first, transform in self.schedule if first <= epoch]
+        return started[-1] if started else self.default
+
+    def __getitem__(self, key: tuple[int, int, int]) -> object:
+        index, seed, epoch = key
+        transform = self.transform_for(epoch)
+        if transform is not self.source.transform:  # type: ignore[attr-defined]
+            self.source.transform = transform  # type: ignore[attr-defined]
+            if hasattr(self.source, "min_source_side"):  # how far the decoder may shrink a JPEG for this crop
+                self.source.min_source_side = transform.min_source_side
+        transform.reseed(seed)
         return self.dataset[index]
