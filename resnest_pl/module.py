@@ -349,8 +349,6 @@ class ResNeStClassifier(pl.LightningModule):
             loss = F.cross_entropy(self(images).float(), targets, label_smoothing=self.hparams.label_smoothing)
         size = images.shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
-        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-        self.log("train/lr", lr, on_step=True, on_epoch=False, batch_size=size)
         self._log_skipped("data/skipped_images", skipped, size)
         return loss
 
