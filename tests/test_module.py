@@ -16,10 +16,13 @@ from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelChec
 from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
+from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 
 from resnest_pl.models import IncompatibleCheckpointError
 from resnest_pl.module import (
+    FusedEMAModel,
+    FusedEMAWeightAveraging,
     NesterovSGD,
     ResNeStClassifier,
     global_batch_size,
@@ -343,6 +346,63 @@ def test_validation_uses_the_ema_weights(tmp_path) -> None:
     # After fit the module holds the averaged weights, which are what test/predict then use.
     for key, value in saved["state_dict"].items():
         torch.testing.assert_close(model.state_dict()[key], value)
+
+
+def _perturb(model: nn.Module, generator: torch.Generator) -> None:
+    """A stand-in for an optimizer step: every parameter and float buffer moves, the BatchNorm counters count."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.is_floating_point():
+                tensor.add_(torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype))
+            else:
+                tensor.add_(1)
+
+
+def test_fused_ema_equals_the_per_tensor_ema_in_float64() -> None:
+    model = tiny_module().model.double()
+    fused = FusedEMAModel(model, decay=0.9)
+    reference = AveragedModel(model, avg_fn=get_ema_avg_fn(0.9), use_buffers=True)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        _perturb(model, generator)
+        fused.update_parameters(model)
+        reference.update_parameters(model)
+    assert int(fused.n_averaged) == int(reference.n_averaged) == 5
+    assert list(fused.state_dict()) == list(reference.state_dict())  # checkpoints load into either
+    averages = zip(fused.module.state_dict().items(), reference.module.state_dict().values(), strict=True)
+    for (name, ours), theirs in averages:
+        if ours.is_floating_point():
+            torch.testing.assert_close(ours, theirs, rtol=1e-13, atol=1e-15, msg=name)
+        else:  # a counter, copied: averaging it means nothing
+            assert torch.equal(ours, model.state_dict()[name]), name
+
+
+def test_fused_ema_update_never_reads_its_count_back() -> None:
+    """After its first update (and after a load) the count lives on the host too: reading the device's copy waits
+    for the GPU. A meta tensor cannot be read, so any read fails here."""
+    model = tiny_module().model
+    fused = FusedEMAModel(model, decay=0.5)
+    fused.update_parameters(model)
+    fused.n_averaged = torch.ones((), dtype=torch.long, device="meta")
+    before = fused.module.conv1[0].weight.clone()
+    _perturb(model, torch.Generator().manual_seed(0))
+    fused.update_parameters(model)
+    expected = 0.5 * before + 0.5 * model.conv1[0].weight.detach()
+    torch.testing.assert_close(fused.module.conv1[0].weight, expected)
+
+    loaded = FusedEMAModel(model, decay=0.5)
+    loaded.load_state_dict({**fused.state_dict(), "n_averaged": torch.tensor(3)})
+    loaded.update_parameters(model)  # reads the loaded count once: 3 > 0, so this averages instead of copying
+    torch.testing.assert_close(loaded.module.conv1[0].weight, 0.5 * expected + 0.5 * model.conv1[0].weight)
+
+
+def test_ema_every_n_steps_updates_every_nth_step_with_the_decay_to_the_n() -> None:
+    callback = tiny_module(ema_decay=0.9, ema_every_n_steps=3).configure_callbacks()[0]
+    assert isinstance(callback, FusedEMAWeightAveraging)
+    assert callback.decay == pytest.approx(0.9**3)
+    assert [callback.should_update(step_idx=step) for step in range(7)] == [1, 0, 0, 1, 0, 0, 1]
+    with pytest.raises(ValueError, match="ema_every_n_steps"):
+        tiny_module(ema_decay=0.9, ema_every_n_steps=0)
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------------
