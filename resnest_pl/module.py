@@ -164,6 +164,25 @@ def parameter_groups(model: nn.Module) -> list[dict[str, Any]]:
     return [group for group in groups if group["params"]]
 
 
+def uses_sync_batchnorm(trainer: pl.Trainer, module: nn.Module) -> bool:
+    """Whether the trainer converts BatchNorm to SyncBatchNorm (``sync_batchnorm=True``; done after the module's
+    ``setup``) or the module already has one."""
+    return getattr(trainer.strategy, "_layer_sync", None) is not None or any(
+        isinstance(m, nn.SyncBatchNorm) for m in module.modules()
+    )
+
+
+def check_compile_with_sync_batchnorm(compile: bool, sync_batchnorm: bool) -> None:
+    """Refuse ``torch.compile`` with SyncBatchNorm: dynamo breaks the graph at every SyncBatchNorm (or fails,
+    pytorch/pytorch#107372), so the compiled network would be dozens of small graphs, slower than eager."""
+    if compile and sync_batchnorm:
+        raise ValueError(
+            "model.compile=true with SyncBatchNorm (trainer.sync_batchnorm=true): torch.compile breaks the graph at "
+            "every SyncBatchNorm or fails (pytorch issue 107372); set trainer.sync_batchnorm=false (per-device batch "
+            "statistics) or model.compile=false"
+        )
+
+
 def global_batch_size(trainer: pl.Trainer) -> int:
     """Images per optimizer step: per-device batch x devices x nodes x gradient accumulation."""
     loader = trainer.train_dataloader
@@ -347,6 +366,7 @@ class ResNeStClassifier(pl.LightningModule):
             self._mix_seed = torch.initial_seed()
         # After the callbacks' setup, so EMAWeightAveraging deep-copies the uncompiled backbone.
         if self.hparams.compile and not self._compiled:
+            check_compile_with_sync_batchnorm(True, uses_sync_batchnorm(self.trainer, self))
             self.model.compile()
             self._compiled = True
 

@@ -25,10 +25,12 @@ from resnest_pl.module import (
     FusedEMAWeightAveraging,
     NesterovSGD,
     ResNeStClassifier,
+    check_compile_with_sync_batchnorm,
     global_batch_size,
     optimizer_from_spec,
     optimizer_spec,
     parameter_groups,
+    uses_sync_batchnorm,
 )
 from resnest_pl.schedules import warmup_cosine
 
@@ -553,6 +555,27 @@ def test_compiled_backbone_trains_and_keeps_backbone_checkpoint_keys(tmp_path, m
     keys = set(torch.load(tmp_path / "compiled.ckpt", weights_only=True)["state_dict"])
     assert keys == set(tiny_module().state_dict())
     assert not any("_orig_mod" in key for key in keys)
+
+
+def test_compile_with_sync_batchnorm_is_refused_with_the_fix() -> None:
+    with pytest.raises(ValueError, match=r"SyncBatchNorm.*107372.*sync_batchnorm=false.*compile=false"):
+        check_compile_with_sync_batchnorm(compile=True, sync_batchnorm=True)
+    check_compile_with_sync_batchnorm(compile=True, sync_batchnorm=False)
+    check_compile_with_sync_batchnorm(compile=False, sync_batchnorm=True)
+
+    module = tiny_module()
+    synced = pl.Trainer(accelerator="cpu", strategy="ddp", devices=1, sync_batchnorm=True, logger=False)
+    plain = pl.Trainer(accelerator="cpu", strategy="ddp", devices=1, logger=False)
+    assert uses_sync_batchnorm(synced, module) and not uses_sync_batchnorm(plain, module)
+    assert uses_sync_batchnorm(plain, nn.SyncBatchNorm.convert_sync_batchnorm(tiny_module()))
+
+
+def test_setup_refuses_compile_under_sync_batchnorm() -> None:
+    module = tiny_module(compile=True)
+    module.trainer = pl.Trainer(accelerator="cpu", strategy="ddp", devices=1, sync_batchnorm=True, logger=False)
+    with pytest.raises(ValueError, match="SyncBatchNorm"):
+        module.setup("fit")
+    assert not module._compiled
 
 
 @pytest.mark.slow
