@@ -62,6 +62,12 @@ def set_random_state(state: Mapping[str, torch.Tensor], device: torch.device) ->
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
+def rank_seed(seed: int, rank: int, step: int) -> int:
+    """torch's seed for DDP process ``rank`` of a run seeded with ``seed``, starting or resuming at optimizer
+    step ``step``: distinct per rank, so the ranks draw different dropout and DropBlock masks."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0])
+
+
 class FusedEMAModel(AveragedModel):
     """An exponential moving average of a model's parameters and buffers, updated without waiting for the device.
 
@@ -364,6 +370,10 @@ class ResNeStClassifier(pl.LightningModule):
             # Mixing draws from a generator seeded by (this seed, rank, epoch, batch), so a resumed run
             # mixes exactly like an uninterrupted one.
             self._mix_seed = torch.initial_seed()
+            # seed_everything gives every DDP process the same seed: sample i of every rank would draw the same
+            # dropout and DropBlock masks. One process keeps its stream (and its bit-exact resume).
+            if self.trainer.world_size > 1:
+                torch.manual_seed(rank_seed(self._mix_seed, self.global_rank, 0))
         # After the callbacks' setup, so EMAWeightAveraging deep-copies the uncompiled backbone.
         if self.hparams.compile and not self._compiled:
             check_compile_with_sync_batchnorm(True, uses_sync_batchnorm(self.trainer, self))
@@ -415,7 +425,12 @@ class ResNeStClassifier(pl.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._rng_to_restore is not None:
-            set_random_state(self._rng_to_restore, self.device)
+            # The checkpoint holds rank 0's generator: rank 0 continues its stream exactly; the other ranks start
+            # streams of their own, seeded by the resumed step (reproducible, but not the uninterrupted run's).
+            if self.global_rank == 0:
+                set_random_state(self._rng_to_restore, self.device)
+            else:
+                torch.manual_seed(rank_seed(self._mix_seed, self.global_rank, self.trainer.global_step))
             self._rng_to_restore = None
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

@@ -30,6 +30,8 @@ from resnest_pl.module import (
     optimizer_from_spec,
     optimizer_spec,
     parameter_groups,
+    random_state,
+    rank_seed,
     uses_sync_batchnorm,
 )
 from resnest_pl.schedules import warmup_cosine
@@ -576,6 +578,80 @@ def test_setup_refuses_compile_under_sync_batchnorm() -> None:
     with pytest.raises(ValueError, match="SyncBatchNorm"):
         module.setup("fit")
     assert not module._compiled
+
+
+def _fake_trainer(rank: int, world_size: int, step: int = 0) -> SimpleNamespace:
+    return SimpleNamespace(global_rank=rank, world_size=world_size, global_step=step, datamodule=None, max_epochs=1)
+
+
+def test_ddp_ranks_seed_torch_apart_and_resumed_ranks_reseed_from_the_step() -> None:
+    single = tiny_module()
+    single.trainer = _fake_trainer(0, 1)
+    torch.manual_seed(5)
+    single.setup("fit")
+    assert torch.initial_seed() == 5  # one process keeps its stream: its resume stays bit-exact
+
+    seeds = []
+    for rank in (0, 1):
+        module = tiny_module()
+        module.trainer = _fake_trainer(rank, 2)
+        torch.manual_seed(5)
+        module.setup("fit")
+        assert module._mix_seed == 5
+        seeds.append(torch.initial_seed())
+    assert seeds == [rank_seed(5, 0, 0), rank_seed(5, 1, 0)] and len(set(seeds)) == 2
+
+    # Resuming at step 30 from a checkpoint that holds rank 0's generator.
+    torch.manual_seed(rank_seed(5, 0, 0))
+    saved = random_state(torch.device("cpu"))
+    rank0_next = torch.rand(4)
+    draws = []
+    for rank in (0, 1):
+        module = tiny_module()
+        module.trainer = _fake_trainer(rank, 2, step=30)
+        module._mix_seed, module._rng_to_restore = 5, saved
+        torch.manual_seed(123)
+        module.on_train_batch_start(None, 0)
+        draws.append(torch.rand(4))
+    assert torch.equal(draws[0], rank0_next)  # rank 0 continues exactly
+    torch.manual_seed(rank_seed(5, 1, 30))
+    assert torch.equal(draws[1], torch.rand(4))  # rank 1: its own stream, reproducible from (seed, rank, step)
+
+
+class RecordDropoutMasks(Callback):
+    """Feeds ones to the classifier's dropout in training and saves its masks as ``<folder>/rank<N>.pt``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.masks: list[torch.Tensor] = []
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        drop = pl_module.model.drop
+        # Ones, still connected to the backbone's graph (DDP requires every parameter to get a gradient).
+        drop.register_forward_pre_hook(lambda module, args: (args[0] - args[0].detach() + 1,))
+        drop.register_forward_hook(lambda module, args, out: self.masks.append(out != 0) if module.training else None)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        torch.save(torch.stack(self.masks), self.folder / f"rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.slow
+def test_ddp_ranks_draw_different_dropout_masks_reproducibly(tmp_path) -> None:
+    masks = []
+    for run in range(2):
+        folder = tmp_path / f"run{run}"
+        folder.mkdir()
+        pl.seed_everything(0)
+        model = ResNeStClassifier(
+            "resnest14d", num_classes=CLASSES, model_overrides={**TINY_SMALL_INPUT, "final_drop": 0.5}
+        )
+        trainer = make_trainer(strategy="ddp_spawn", devices=2, max_steps=2, callbacks=[RecordDropoutMasks(folder)])
+        trainer.fit(model, loader(n=64, batch_size=8))
+        masks.append([torch.load(folder / f"rank{rank}.pt") for rank in (0, 1)])
+    first, second = masks
+    assert first[0].shape == (2, 8, model.model.num_features)  # two steps of 8 samples
+    assert not torch.equal(first[0], first[1])  # sample i of each rank draws its own mask
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])  # run to run
 
 
 @pytest.mark.slow
