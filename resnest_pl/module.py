@@ -285,8 +285,9 @@ class ResNeStClassifier(pl.LightningModule):
             update reads and writes every weight twice, which costs more than a small model's step.
         channels_last: NHWC memory format for weights and inputs. Measure before using it on GPUs: cuDNN's
             NHWC kernels for grouped convolutions made resnest50d much slower in timm's benchmarks.
-        compile: ``torch.compile`` the backbone in place at setup (checkpoint keys stay the backbone's). With
-            ``DropBlockSchedule`` set its ``increments`` (each new drop probability recompiles).
+        compile: ``torch.compile`` the backbone in place at setup (checkpoint keys stay the backbone's). Refused
+            with SyncBatchNorm. ``DropBlockSchedule`` clamps its ``increments`` to dynamo's recompile limit (each
+            new drop probability recompiles).
     """
 
     def __init__(
