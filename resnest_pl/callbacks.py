@@ -24,8 +24,18 @@ from torchvision.ops import DropBlock2d
 
 from resnest_pl.host_memory import keep_freed_host_memory
 
-# torch.compile keeps 8 compiled versions of a frame; the eval-mode graph takes one of them.
-MAX_COMPILED_INCREMENTS = 6
+# Compiled versions of the network besides one per drop probability: the eval-mode graph, and up to two recompiles
+# for a new batch size (a last partial training batch, a validation batch of another size).
+OTHER_COMPILED_VERSIONS = 3
+
+
+def max_compiled_increments() -> int:
+    """Ramp increments a ``torch.compile``-d network takes without passing dynamo's recompile limit (8 in torch 2.14),
+    after which it runs its forward in eager mode: the ramp's ``increments + 1`` drop probabilities (0 included) each
+    compile the training graph anew, and ``OTHER_COMPILED_VERSIONS`` more versions may be needed."""
+    import torch._dynamo
+
+    return torch._dynamo.config.recompile_limit - 1 - OTHER_COMPILED_VERSIONS
 
 
 class DropBlockSchedule(Callback):
@@ -39,8 +49,9 @@ class DropBlockSchedule(Callback):
     Args:
         target: final probability of every DropBlock layer; ``None`` keeps each layer's own.
         increments: move the probability in this many equal increments instead of at every step. A
-            ``torch.compile``-d backbone recompiles for every new probability and falls back to eager
-            after 8 versions, so with ``compile=True`` use at most 6.
+            ``torch.compile``-d backbone recompiles for every new probability and falls back to eager after
+            dynamo's recompile limit, so with ``compile=True`` increments are clamped to
+            :func:`max_compiled_increments` (4 with torch 2.14's limit of 8).
     """
 
     def __init__(self, target: float | None = None, increments: int | None = None) -> None:
@@ -65,11 +76,22 @@ class DropBlockSchedule(Callback):
         if len(self._targets) != len(blocks):
             self._targets = [m.p if self.target is None else self.target for m in blocks]
         self._blocks = blocks
-        if pl_module.hparams.get("compile") and (self.increments is None or self.increments > MAX_COMPILED_INCREMENTS):
+        limit = max_compiled_increments()
+        if pl_module.hparams.get("compile") and (self.increments is None or self.increments > limit):
+            if limit < 1:
+                rank_zero_warn(
+                    "DropBlockSchedule changes the drop probability of a compiled model, which recompiles it for "
+                    "each new value, and dynamo's recompile limit leaves no room for a ramp: raise "
+                    "torch._dynamo.config.recompile_limit or the model runs in eager mode once it is passed"
+                )
+                return
             rank_zero_warn(
                 "DropBlockSchedule changes the drop probability of a compiled model, which recompiles it for each "
-                f"new value; set increments <= {MAX_COMPILED_INCREMENTS} to keep it compiled"
+                f"new value; the ramp takes {limit} increments instead of {self.increments or 'one per step'}, to "
+                f"stay within dynamo's recompile limit ({limit} increments + 1 versions for the drop probabilities, "
+                f"{OTHER_COMPILED_VERSIONS} for evaluation and new batch sizes)"
             )
+            self.increments = limit
 
     def fraction(self, step: int, total_steps: int) -> float:
         """Share of the target reached at optimizer step ``step`` of ``total_steps``."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import itertools
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -17,6 +18,7 @@ from pytorch_lightning.callbacks import Callback, EMAWeightAveraging
 from pytorch_lightning.cli import OptimizerCallable
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -58,6 +60,65 @@ def set_random_state(state: Mapping[str, torch.Tensor], device: torch.device) ->
     torch.set_rng_state(state["cpu"].cpu())
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def rank_seed(seed: int, rank: int, step: int) -> int:
+    """torch's seed for DDP process ``rank`` of a run seeded with ``seed``, starting or resuming at optimizer
+    step ``step``: distinct per rank, so the ranks draw different dropout and DropBlock masks."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0])
+
+
+class FusedEMAModel(AveragedModel):
+    """An exponential moving average of a model's parameters and buffers, updated without waiting for the device.
+
+    ``AveragedModel`` with a per-tensor ``avg_fn`` launches a few kernels per tensor (about 480 tensors in a
+    ResNeSt-50) and reads its update count on the host twice per update, which waits for the GPU. Here the floating
+    tensors are updated by one ``torch._foreach_lerp_``, the count is mirrored on the host (read once, after creation
+    or a state-dict load), and integer buffers (BatchNorm's ``num_batches_tracked``) are copied, not averaged.
+    ``lerp`` computes ``ema + (1 - decay) * (model - ema)``, equal to ``decay * ema + (1 - decay) * model`` but for
+    the last bit. The state dict is ``AveragedModel``'s, so checkpoints of either load into the other.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        super().__init__(model, use_buffers=True)
+        self.decay = decay
+        self._updates: int | None = None
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        self._updates = None  # n_averaged changes: read it again at the next update
+        return super().load_state_dict(*args, **kwargs)
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        if self._updates is None:
+            self._updates = int(self.n_averaged)
+        averaged = [t.detach() for t in itertools.chain(self.module.parameters(), self.module.buffers())]
+        current = [t.detach() for t in itertools.chain(model.parameters(), model.buffers())]
+        floats = [i for i, t in enumerate(averaged) if t.is_floating_point()]
+        others = [i for i, t in enumerate(averaged) if not t.is_floating_point()]
+        if self._updates == 0:
+            torch._foreach_copy_(averaged, current)
+        else:
+            weight = 1.0 - self.decay
+            torch._foreach_lerp_([averaged[i] for i in floats], [current[i] for i in floats], weight)
+            if others:
+                torch._foreach_copy_([averaged[i] for i in others], [current[i] for i in others])
+        self.n_averaged += 1
+        self._updates += 1
+
+
+class FusedEMAWeightAveraging(EMAWeightAveraging):
+    """Lightning's ``EMAWeightAveraging`` with :class:`FusedEMAModel` as the average, updated every
+    ``every_n_steps`` optimizer steps (the first, then every n-th) with ``decay ** every_n_steps``, which keeps the
+    average's time constant in steps. Validation and the final weights use the average, as in Lightning's."""
+
+    def __init__(self, decay: float, every_n_steps: int = 1) -> None:
+        super().__init__(decay=decay, update_every_n_steps=every_n_steps)
+        self.decay = decay**every_n_steps
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._average_model = FusedEMAModel(pl_module, self.decay)
 
 
 class NesterovSGD(torch.optim.SGD):
@@ -107,6 +168,25 @@ def parameter_groups(model: nn.Module) -> list[dict[str, Any]]:
             (no_decay if isinstance(module, NORM_LAYERS) or param.ndim <= 1 else decay).append(param)
     groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [group for group in groups if group["params"]]
+
+
+def uses_sync_batchnorm(trainer: pl.Trainer, module: nn.Module) -> bool:
+    """Whether the trainer converts BatchNorm to SyncBatchNorm (``sync_batchnorm=True``; done after the module's
+    ``setup``) or the module already has one."""
+    return getattr(trainer.strategy, "_layer_sync", None) is not None or any(
+        isinstance(m, nn.SyncBatchNorm) for m in module.modules()
+    )
+
+
+def check_compile_with_sync_batchnorm(compile: bool, sync_batchnorm: bool) -> None:
+    """Refuse ``torch.compile`` with SyncBatchNorm: dynamo breaks the graph at every SyncBatchNorm (or fails,
+    pytorch/pytorch#107372), so the compiled network would be dozens of small graphs, slower than eager."""
+    if compile and sync_batchnorm:
+        raise ValueError(
+            "model.compile=true with SyncBatchNorm (trainer.sync_batchnorm=true): torch.compile breaks the graph at "
+            "every SyncBatchNorm or fails (pytorch issue 107372); set trainer.sync_batchnorm=false (per-device batch "
+            "statistics) or model.compile=false"
+        )
 
 
 def global_batch_size(trainer: pl.Trainer) -> int:
@@ -199,11 +279,15 @@ class ResNeStClassifier(pl.LightningModule):
         switch_prob: probability of CutMix rather than Mixup when both are on.
         mix_off_epochs: train the last this-many epochs without mixing.
         ema_decay: keep an exponential moving average of the weights (e.g. 0.9998) through Lightning's
-            ``EMAWeightAveraging``; validation and the final weights use it. ``None`` = off.
+            ``EMAWeightAveraging`` (with :class:`FusedEMAModel`'s update); validation and the final weights use it.
+            ``None`` = off.
+        ema_every_n_steps: update the average every this many optimizer steps, with ``ema_decay ** n``: the
+            update reads and writes every weight twice, which costs more than a small model's step.
         channels_last: NHWC memory format for weights and inputs. Measure before using it on GPUs: cuDNN's
             NHWC kernels for grouped convolutions made resnest50d much slower in timm's benchmarks.
-        compile: ``torch.compile`` the backbone in place at setup (checkpoint keys stay the backbone's). With
-            ``DropBlockSchedule`` set its ``increments`` (each new drop probability recompiles).
+        compile: ``torch.compile`` the backbone in place at setup (checkpoint keys stay the backbone's). Refused
+            with SyncBatchNorm. ``DropBlockSchedule`` clamps its ``increments`` to dynamo's recompile limit (each
+            new drop probability recompiles).
     """
 
     def __init__(
@@ -223,6 +307,7 @@ class ResNeStClassifier(pl.LightningModule):
         switch_prob: float = 0.5,
         mix_off_epochs: int = 0,
         ema_decay: float | None = None,
+        ema_every_n_steps: int = 1,
         channels_last: bool = False,
         compile: bool = False,
     ) -> None:
@@ -237,6 +322,8 @@ class ResNeStClassifier(pl.LightningModule):
             )
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in (0, 1), e.g. 0.9998, or be null to disable; got {ema_decay}")
+        if ema_every_n_steps < 1:
+            raise ValueError(f"ema_every_n_steps must be >= 1; got {ema_every_n_steps}")
         if isinstance(optimizer, Mapping):
             optimizer = optimizer_from_spec(optimizer)
         self.optimizer_factory = optimizer
@@ -266,7 +353,7 @@ class ResNeStClassifier(pl.LightningModule):
     def configure_callbacks(self) -> list[Callback]:
         if self.hparams.ema_decay is None:
             return []
-        return [EMAWeightAveraging(decay=self.hparams.ema_decay)]
+        return [FusedEMAWeightAveraging(self.hparams.ema_decay, self.hparams.ema_every_n_steps)]
 
     def setup(self, stage: str) -> None:
         data_classes = getattr(self.trainer.datamodule, "num_classes", None)
@@ -284,8 +371,13 @@ class ResNeStClassifier(pl.LightningModule):
             # Mixing draws from a generator seeded by (this seed, rank, epoch, batch), so a resumed run
             # mixes exactly like an uninterrupted one.
             self._mix_seed = torch.initial_seed()
+            # seed_everything gives every DDP process the same seed: sample i of every rank would draw the same
+            # dropout and DropBlock masks. One process keeps its stream (and its bit-exact resume).
+            if self.trainer.world_size > 1:
+                torch.manual_seed(rank_seed(self._mix_seed, self.global_rank, 0))
         # After the callbacks' setup, so EMAWeightAveraging deep-copies the uncompiled backbone.
         if self.hparams.compile and not self._compiled:
+            check_compile_with_sync_batchnorm(True, uses_sync_batchnorm(self.trainer, self))
             self.model.compile()
             self._compiled = True
 
@@ -334,7 +426,12 @@ class ResNeStClassifier(pl.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._rng_to_restore is not None:
-            set_random_state(self._rng_to_restore, self.device)
+            # The checkpoint holds rank 0's generator: rank 0 continues its stream exactly; the other ranks start
+            # streams of their own, seeded by the resumed step (reproducible, but not the uninterrupted run's).
+            if self.global_rank == 0:
+                set_random_state(self._rng_to_restore, self.device)
+            else:
+                torch.manual_seed(rank_seed(self._mix_seed, self.global_rank, self.trainer.global_step))
             self._rng_to_restore = None
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -349,8 +446,6 @@ class ResNeStClassifier(pl.LightningModule):
             loss = F.cross_entropy(self(images).float(), targets, label_smoothing=self.hparams.label_smoothing)
         size = images.shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
-        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-        self.log("train/lr", lr, on_step=True, on_epoch=False, batch_size=size)
         self._log_skipped("data/skipped_images", skipped, size)
         return loss
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pytest
@@ -9,10 +10,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers.logger import Logger
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.ops import DropBlock2d
 
-from resnest_pl.callbacks import DropBlockSchedule, ImageThroughputMonitor, images_in_batch
+from resnest_pl.callbacks import DropBlockSchedule, ImageThroughputMonitor, images_in_batch, max_compiled_increments
 from resnest_pl.models import create_model
 from resnest_pl.models.complexity import count_macs
 from resnest_pl.module import ResNeStClassifier
@@ -78,13 +80,57 @@ def test_model_without_dropblock_is_reported() -> None:
         make_trainer(max_steps=1, callbacks=[DropBlockSchedule()]).fit(model, random_loader(8, 16))
 
 
-def test_compiled_model_warns_about_recompiles_unless_increments_are_few() -> None:
+def test_compiled_model_clamps_increments_to_the_recompile_limit() -> None:
+    """torch 2.14 compiles a frame at most 8 times; the eval graph and new batch sizes take 3 of them, so the ramp
+    gets 4 increments (5 probabilities). The clamp follows the limit."""
+    assert torch._dynamo.config.recompile_limit == 8 and max_compiled_increments() == 4
     model = dropblock_module(compile=True)
-    with pytest.warns(UserWarning, match="increments"):
+    for increments in (None, 20, 5):
+        schedule = DropBlockSchedule(increments=increments)
+        with pytest.warns(UserWarning, match="the ramp takes 4 increments"):
+            schedule.setup(None, model, "fit")  # type: ignore[arg-type]
+        assert schedule.increments == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DropBlockSchedule(increments=4).setup(None, model, "fit")  # type: ignore[arg-type]
+        DropBlockSchedule().setup(None, dropblock_module(), "fit")  # type: ignore[arg-type]  # not compiled
+
+    schedule = DropBlockSchedule()
+    with torch._dynamo.config.patch(recompile_limit=12), pytest.warns(UserWarning, match="the ramp takes 8 incr"):
+        schedule.setup(None, model, "fit")  # type: ignore[arg-type]
+    assert schedule.increments == 8
+    with torch._dynamo.config.patch(recompile_limit=4), pytest.warns(UserWarning, match="no room for a ramp"):
         DropBlockSchedule().setup(None, model, "fit")  # type: ignore[arg-type]
-    with pytest.warns(UserWarning, match="increments"):
-        DropBlockSchedule(increments=20).setup(None, model, "fit")  # type: ignore[arg-type]
-    DropBlockSchedule(increments=6).setup(None, model, "fit")  # type: ignore[arg-type]
+
+
+def test_a_compiled_ramp_of_max_increments_stays_within_the_recompile_limit() -> None:
+    """The versions counted by max_compiled_increments, on a compiled DropBlock: one per probability, eval, and a
+    new batch size in training and in evaluation; none of them falls back to eager."""
+    from torch._dynamo.testing import CompileCounter
+
+    from resnest_pl.models.splat import DropBlock
+
+    torch._dynamo.reset()
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), DropBlock(0.1, 3))
+    counter = CompileCounter()
+    compiled = torch.compile(net, backend=counter)
+    schedule = DropBlockSchedule(increments=max_compiled_increments())
+    net.eval()
+    compiled(torch.randn(4, 3, 8, 8))  # Lightning's sanity check
+    for step in range(schedule.increments + 1):  # one epoch per increment
+        net.train()
+        net[1].p = 0.1 * schedule.fraction(step, schedule.increments + 1)
+        compiled(torch.randn(4, 3, 8, 8))
+        compiled(torch.randn(3, 3, 8, 8))  # the epoch's last batch is smaller
+        net.eval()
+        compiled(torch.randn(4, 3, 8, 8))
+        compiled(torch.randn(3, 3, 8, 8))  # so is the validation set's
+    assert counter.frame_count == torch._dynamo.config.recompile_limit
+    net.train()
+    net[1].p = 0.05  # one probability more would run eagerly: the limit is exactly used up
+    compiled(torch.randn(4, 3, 8, 8))
+    assert counter.frame_count == torch._dynamo.config.recompile_limit
+    torch._dynamo.reset()
 
 
 def test_invalid_settings_are_rejected() -> None:

@@ -279,7 +279,7 @@ def test_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
     assert state["global_step"] == 3
     # The quick start's lr, 0.4 per 256 images, scaled by the global batch 2 x 64 = 128 to a peak of 0.2, warmed up
     # over the epoch's 3 steps from 0 (one process alone would log half of these).
-    lrs = [float(r["train/lr"]) for r in metrics(tmp_path) if r.get("train/lr")]
+    lrs = [float(r["lr-NesterovSGD/pg1"]) for r in metrics(tmp_path) if r.get("lr-NesterovSGD/pg1")]
     assert lrs == pytest.approx([0.0, 0.2 / 3, 0.4 / 3], rel=1e-6)  # logged as float32
 
 

@@ -14,11 +14,20 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops import DropBlock2d, FeaturePyramidNetwork
 
-from resnest_pl.models import Bottleneck, ResNeStConfig, SplitAttentionConv2d, create_model, get_variant, list_models
+from resnest_pl.models import (
+    Bottleneck,
+    ResNeStConfig,
+    SplitAttentionConv2d,
+    create_model,
+    get_variant,
+    list_models,
+    same_architecture,
+)
 from resnest_pl.models.__main__ import format_table, variant_rows
 from resnest_pl.models.complexity import count_macs, count_params
 
 from .helpers import tiny_model
+from .test_equivalence import _assert_same_outputs, _randomise
 
 ROOT = Path(__file__).resolve().parents[1]
 # Exact parameter counts (1000 classes), counted once from the reference implementations' constructors:
@@ -123,6 +132,7 @@ def test_fast_variants_are_their_rskxwd_setting() -> None:
         (dict(dropblock_prob=1.5), "dropblock_prob must lie in"),
         (dict(layers=(3, 4, 6)), "four positive block counts"),
         (dict(radiks=2), "unknown ResNeSt option 'radiks'. Did you mean radix"),
+        (dict(conv_impl="dense"), "conv_impl must be one of grouped, split"),
     ],
 )
 def test_impossible_settings_are_rejected(overrides: dict, message: str) -> None:
@@ -277,3 +287,56 @@ def test_dropblock_works_on_maps_smaller_than_its_block() -> None:
     model = tiny_model(dropblock_prob=0.3, small_input=False).train()  # stage 4 of a 32 px input is 1x1
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert model(torch.randn(2, 3, 64, 64)).isfinite().all()  # 2x2 at stage 4: an even size, shrunk to 1
+
+
+# ---- the radix convolution as one grouped convolution or as dense convolutions on weight slices ----------------
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(radix=2, cardinality=1),
+        dict(radix=4, cardinality=2, avd_first=True),
+        dict(radix=1, cardinality=2, avd=False),
+        dict(radix=2, cardinality=2, avd=True, avd_first=False, output_stride=8),
+    ],
+    ids=["2s1x", "4s2x_avd_first", "1s2x_no_avd", "2s2x_dilated"],
+)
+def test_split_conv_model_equals_the_grouped_one_with_gradients(overrides: dict) -> None:
+    grouped = _randomise(tiny_model(**overrides).double()).train()
+    split = tiny_model(conv_impl="split", **overrides).double().train()
+    split.load_state_dict(grouped.state_dict(), strict=True)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    target = torch.tensor([1, 7])
+    nn.functional.cross_entropy(grouped(x), target).backward()
+    nn.functional.cross_entropy(split(x), target).backward()
+    grouped_params = dict(grouped.named_parameters())
+    for name, p in split.named_parameters():
+        torch.testing.assert_close(p.grad, grouped_params[name].grad, rtol=1e-9, atol=1e-12, msg=name)
+    _assert_same_outputs(split, grouped, size=32)
+
+
+@pytest.mark.parametrize("name", ["resnest50", "resnest50_fast_4s2x40d"])
+def test_split_conv_resnest50_with_reference_weights_matches_the_reference(name: str) -> None:
+    theirs = _randomise(reference_constructor(name)(pretrained=False).double())
+    ours = create_model(name, conv_impl="split").double()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    _assert_same_outputs(ours, theirs)
+
+
+def test_conv_impl_is_weight_neutral() -> None:
+    """A checkpoint trained in one form loads into the other (and the recorded overrides do not block it)."""
+    assert same_architecture("resnest50", {"conv_impl": "split"}, "resnest50d", {})
+    assert not same_architecture("resnest50", {"conv_impl": "split", "radix": 4}, "resnest50", {})
+
+
+def test_split_conv_model_scripts_and_traces() -> None:
+    model = tiny_model(conv_impl="split", radix=4, cardinality=2).eval()
+    x = torch.randn(2, 3, 32, 32)
+    scripted = torch.jit.script(model)
+    extractor = create_feature_extractor(model, {"layer4": "C5", "fc": "logits"})
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(scripted(x), expected)
+        torch.testing.assert_close(scripted.forward_stages(x)["C5"], model.forward_features(x))
+        torch.testing.assert_close(extractor(x)["logits"], expected)

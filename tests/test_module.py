@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
+import csv
 import functools
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
+from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 
 from resnest_pl.models import IncompatibleCheckpointError
 from resnest_pl.module import (
+    FusedEMAModel,
+    FusedEMAWeightAveraging,
     NesterovSGD,
     ResNeStClassifier,
+    check_compile_with_sync_batchnorm,
     global_batch_size,
     optimizer_from_spec,
     optimizer_spec,
     parameter_groups,
+    random_state,
+    rank_seed,
+    uses_sync_batchnorm,
 )
 from resnest_pl.schedules import warmup_cosine
 
@@ -210,8 +220,11 @@ def test_metrics_and_skipped_images_are_logged() -> None:
     trainer = make_trainer(max_epochs=1, limit_train_batches=3)
     trainer.fit(model, loader(n=64, skipped=True), loader(n=32, skipped=True))
     metrics = trainer.callback_metrics
-    for key in ["train/loss", "train/lr", "val/loss", "val/acc1", "val/acc5"]:
+    for key in ["train/loss", "val/loss", "val/acc1", "val/acc5"]:
         assert torch.isfinite(metrics[key])
+    # The learning rate is LearningRateMonitor's (the CLI adds it): logging it here too cost a host-to-device copy,
+    # which waits for the GPU, every step.
+    assert "train/lr" not in metrics
     assert metrics["data/skipped_images"] == 3 * 16  # summed, one per image here
     assert metrics["val/skipped_images"] == 32
     assert metrics["val/acc5"] == 1.0  # top-5 is clipped to the 4 classes
@@ -337,6 +350,63 @@ def test_validation_uses_the_ema_weights(tmp_path) -> None:
     # After fit the module holds the averaged weights, which are what test/predict then use.
     for key, value in saved["state_dict"].items():
         torch.testing.assert_close(model.state_dict()[key], value)
+
+
+def _perturb(model: nn.Module, generator: torch.Generator) -> None:
+    """A stand-in for an optimizer step: every parameter and float buffer moves, the BatchNorm counters count."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.is_floating_point():
+                tensor.add_(torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype))
+            else:
+                tensor.add_(1)
+
+
+def test_fused_ema_equals_the_per_tensor_ema_in_float64() -> None:
+    model = tiny_module().model.double()
+    fused = FusedEMAModel(model, decay=0.9)
+    reference = AveragedModel(model, avg_fn=get_ema_avg_fn(0.9), use_buffers=True)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        _perturb(model, generator)
+        fused.update_parameters(model)
+        reference.update_parameters(model)
+    assert int(fused.n_averaged) == int(reference.n_averaged) == 5
+    assert list(fused.state_dict()) == list(reference.state_dict())  # checkpoints load into either
+    averages = zip(fused.module.state_dict().items(), reference.module.state_dict().values(), strict=True)
+    for (name, ours), theirs in averages:
+        if ours.is_floating_point():
+            torch.testing.assert_close(ours, theirs, rtol=1e-13, atol=1e-15, msg=name)
+        else:  # a counter, copied: averaging it means nothing
+            assert torch.equal(ours, model.state_dict()[name]), name
+
+
+def test_fused_ema_update_never_reads_its_count_back() -> None:
+    """After its first update (and after a load) the count lives on the host too: reading the device's copy waits
+    for the GPU. A meta tensor cannot be read, so any read fails here."""
+    model = tiny_module().model
+    fused = FusedEMAModel(model, decay=0.5)
+    fused.update_parameters(model)
+    fused.n_averaged = torch.ones((), dtype=torch.long, device="meta")
+    before = fused.module.conv1[0].weight.clone()
+    _perturb(model, torch.Generator().manual_seed(0))
+    fused.update_parameters(model)
+    expected = 0.5 * before + 0.5 * model.conv1[0].weight.detach()
+    torch.testing.assert_close(fused.module.conv1[0].weight, expected)
+
+    loaded = FusedEMAModel(model, decay=0.5)
+    loaded.load_state_dict({**fused.state_dict(), "n_averaged": torch.tensor(3)})
+    loaded.update_parameters(model)  # reads the loaded count once: 3 > 0, so this averages instead of copying
+    torch.testing.assert_close(loaded.module.conv1[0].weight, 0.5 * expected + 0.5 * model.conv1[0].weight)
+
+
+def test_ema_every_n_steps_updates_every_nth_step_with_the_decay_to_the_n() -> None:
+    callback = tiny_module(ema_decay=0.9, ema_every_n_steps=3).configure_callbacks()[0]
+    assert isinstance(callback, FusedEMAWeightAveraging)
+    assert callback.decay == pytest.approx(0.9**3)
+    assert [callback.should_update(step_idx=step) for step in range(7)] == [1, 0, 0, 1, 0, 0, 1]
+    with pytest.raises(ValueError, match="ema_every_n_steps"):
+        tiny_module(ema_decay=0.9, ema_every_n_steps=0)
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------------
@@ -489,14 +559,119 @@ def test_compiled_backbone_trains_and_keeps_backbone_checkpoint_keys(tmp_path, m
     assert not any("_orig_mod" in key for key in keys)
 
 
+def test_compile_with_sync_batchnorm_is_refused_with_the_fix() -> None:
+    with pytest.raises(ValueError, match=r"SyncBatchNorm.*107372.*sync_batchnorm=false.*compile=false"):
+        check_compile_with_sync_batchnorm(compile=True, sync_batchnorm=True)
+    check_compile_with_sync_batchnorm(compile=True, sync_batchnorm=False)
+    check_compile_with_sync_batchnorm(compile=False, sync_batchnorm=True)
+
+    module = tiny_module()
+    synced = pl.Trainer(accelerator="cpu", strategy="ddp", devices=1, sync_batchnorm=True, logger=False)
+    plain = pl.Trainer(accelerator="cpu", strategy="ddp", devices=1, logger=False)
+    assert uses_sync_batchnorm(synced, module) and not uses_sync_batchnorm(plain, module)
+    assert uses_sync_batchnorm(plain, nn.SyncBatchNorm.convert_sync_batchnorm(tiny_module()))
+
+
+def test_setup_refuses_compile_under_sync_batchnorm() -> None:
+    module = tiny_module(compile=True)
+    module.trainer = pl.Trainer(accelerator="cpu", strategy="ddp", devices=1, sync_batchnorm=True, logger=False)
+    with pytest.raises(ValueError, match="SyncBatchNorm"):
+        module.setup("fit")
+    assert not module._compiled
+
+
+def _fake_trainer(rank: int, world_size: int, step: int = 0) -> SimpleNamespace:
+    return SimpleNamespace(global_rank=rank, world_size=world_size, global_step=step, datamodule=None, max_epochs=1)
+
+
+def test_ddp_ranks_seed_torch_apart_and_resumed_ranks_reseed_from_the_step() -> None:
+    single = tiny_module()
+    single.trainer = _fake_trainer(0, 1)
+    torch.manual_seed(5)
+    single.setup("fit")
+    assert torch.initial_seed() == 5  # one process keeps its stream: its resume stays bit-exact
+
+    seeds = []
+    for rank in (0, 1):
+        module = tiny_module()
+        module.trainer = _fake_trainer(rank, 2)
+        torch.manual_seed(5)
+        module.setup("fit")
+        assert module._mix_seed == 5
+        seeds.append(torch.initial_seed())
+    assert seeds == [rank_seed(5, 0, 0), rank_seed(5, 1, 0)] and len(set(seeds)) == 2
+
+    # Resuming at step 30 from a checkpoint that holds rank 0's generator.
+    torch.manual_seed(rank_seed(5, 0, 0))
+    saved = random_state(torch.device("cpu"))
+    rank0_next = torch.rand(4)
+    draws = []
+    for rank in (0, 1):
+        module = tiny_module()
+        module.trainer = _fake_trainer(rank, 2, step=30)
+        module._mix_seed, module._rng_to_restore = 5, saved
+        torch.manual_seed(123)
+        module.on_train_batch_start(None, 0)
+        draws.append(torch.rand(4))
+    assert torch.equal(draws[0], rank0_next)  # rank 0 continues exactly
+    torch.manual_seed(rank_seed(5, 1, 30))
+    assert torch.equal(draws[1], torch.rand(4))  # rank 1: its own stream, reproducible from (seed, rank, step)
+
+
+class RecordDropoutMasks(Callback):
+    """Feeds ones to the classifier's dropout in training and saves its masks as ``<folder>/rank<N>.pt``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.masks: list[torch.Tensor] = []
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        drop = pl_module.model.drop
+        # Ones, still connected to the backbone's graph (DDP requires every parameter to get a gradient).
+        drop.register_forward_pre_hook(lambda module, args: (args[0] - args[0].detach() + 1,))
+        drop.register_forward_hook(lambda module, args, out: self.masks.append(out != 0) if module.training else None)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        torch.save(torch.stack(self.masks), self.folder / f"rank{trainer.global_rank}.pt")
+
+
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes() -> None:
+def test_ddp_ranks_draw_different_dropout_masks_reproducibly(tmp_path) -> None:
+    masks = []
+    for run in range(2):
+        folder = tmp_path / f"run{run}"
+        folder.mkdir()
+        pl.seed_everything(0)
+        model = ResNeStClassifier(
+            "resnest14d", num_classes=CLASSES, model_overrides={**TINY_SMALL_INPUT, "final_drop": 0.5}
+        )
+        trainer = make_trainer(strategy="ddp_spawn", devices=2, max_steps=2, callbacks=[RecordDropoutMasks(folder)])
+        trainer.fit(model, loader(n=64, batch_size=8))
+        masks.append([torch.load(folder / f"rank{rank}.pt") for rank in (0, 1)])
+    first, second = masks
+    assert first[0].shape == (2, 8, model.model.num_features)  # two steps of 8 samples
+    assert not torch.equal(first[0], first[1])  # sample i of each rank draws its own mask
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])  # run to run
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(tmp_path) -> None:
     model = tiny_module(warmup_epochs=0)
-    trainer = make_trainer(strategy="ddp_spawn", devices=2, max_epochs=1)
+    logger = CSVLogger(tmp_path)
+    trainer = make_trainer(
+        strategy="ddp_spawn",
+        devices=2,
+        max_epochs=1,
+        logger=logger,
+        log_every_n_steps=1,
+        callbacks=[LearningRateMonitor("step")],
+    )
     # 64 images, 32 per process, batches of 8: 4 steps at a global batch of 16.
     trainer.fit(model, loader(n=64, batch_size=8, skipped=True), loader(n=32, seed=2, batch_size=8))
     metrics = trainer.callback_metrics
     peak = 0.1 * 16 / 256
-    assert metrics["train/lr"].item() == pytest.approx(peak * (1 + math.cos(math.pi * 3 / 4)) / 2)
+    with open(next(Path(tmp_path).rglob("metrics.csv"))) as rows:
+        lrs = [float(row["lr-NesterovSGD/pg1"]) for row in csv.DictReader(rows) if row.get("lr-NesterovSGD/pg1")]
+    assert lrs == pytest.approx([peak * (1 + math.cos(math.pi * step / 4)) / 2 for step in range(4)])
     assert metrics["data/skipped_images"] == 64  # summed over both processes
     assert torch.isfinite(metrics["train/loss"]) and torch.isfinite(metrics["val/acc1"])

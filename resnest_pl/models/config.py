@@ -6,7 +6,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 
-from .splat import attention_channels
+from .splat import CONV_IMPLS, ConvImpl, attention_channels
 
 STAGE_PLANES = (64, 128, 256, 512)
 EXPANSION = 4
@@ -37,6 +37,9 @@ class ResNeStConfig:
         in_chans: input image channels.
         reduction: attention bottleneck reduction ``D = max(C*R // reduction, min_attn_channels)``.
         min_attn_channels: lower bound of the attention bottleneck width ``D``.
+        conv_impl: how split-attention blocks run their radix convolution: ``"grouped"`` (one convolution with
+            ``radix * cardinality`` groups) or ``"split"`` (one dense convolution per group on slices of the
+            same weight). Same weights, same outputs; only the speed differs, by device and memory format.
     """
 
     layers: tuple[int, int, int, int] = (3, 4, 6, 3)
@@ -57,6 +60,7 @@ class ResNeStConfig:
     in_chans: int = 3
     reduction: int = 4
     min_attn_channels: int = 32
+    conv_impl: ConvImpl = "grouped"
     stage_planes: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -137,3 +141,8 @@ def validate(cfg: ResNeStConfig) -> None:
     _require(0.0 <= cfg.final_drop < 1.0, f"final_drop must lie in [0, 1); got {cfg.final_drop}")
     _require(cfg.reduction >= 1, f"reduction must be >= 1; got {cfg.reduction}")
     _require(cfg.min_attn_channels >= 1, f"min_attn_channels must be >= 1; got {cfg.min_attn_channels}")
+    _require(
+        cfg.conv_impl in CONV_IMPLS,
+        f"conv_impl must be one of {', '.join(CONV_IMPLS)} (the radix convolution as one grouped convolution, or "
+        f"as dense convolutions on slices of the same weight); got {cfg.conv_impl!r}",
+    )

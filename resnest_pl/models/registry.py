@@ -195,15 +195,15 @@ def trained_architecture(source: str | PathLike, checkpoint: Mapping[str, object
 
 
 # Options that change what a network computes but none of its tensors' names or shapes.
-WEIGHT_NEUTRAL_OPTIONS = ("dropblock_prob", "final_drop", "zero_gamma", "output_stride")
+WEIGHT_NEUTRAL_OPTIONS = ("dropblock_prob", "final_drop", "zero_gamma", "output_stride", "conv_impl")
 
 
 def same_architecture(
     name: str, overrides: Mapping[str, object], other_name: str, other_overrides: Mapping[str, object]
 ) -> bool:
     """Whether two (variant, overrides) pairs have the same weights layout. Aliases are resolved, and
-    regularisation and dilation options (``WEIGHT_NEUTRAL_OPTIONS``) are ignored, so a checkpoint trained with
-    DropBlock loads into the same variant without it."""
+    regularisation, dilation and convolution-form options (``WEIGHT_NEUTRAL_OPTIONS``) are ignored, so a
+    checkpoint trained with DropBlock loads into the same variant without it."""
     try:
         configs = [get_variant(n).config.replace(**o) for n, o in ((name, overrides), (other_name, other_overrides))]
     except ValueError:

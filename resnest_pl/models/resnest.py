@@ -72,6 +72,7 @@ class Bottleneck(nn.Module):
                 min_attn_channels=cfg.min_attn_channels,
                 dropblock_prob=dropblock_prob,
                 dropblock_size=DROPBLOCK_SIZE,
+                conv_impl=cfg.conv_impl,
             )
             self.bn2: nn.Module = nn.Identity()
             self.drop2: nn.Module = nn.Identity()

@@ -8,14 +8,26 @@ when there is a single split).
 The splits are handled as one extra tensor dimension rather than a Python loop
 over radix, which keeps the module scriptable, FX-traceable, ONNX-exportable
 and friendly to ``torch.compile`` and channels_last.
+
+The radix convolution runs in one of two equivalent forms (``conv_impl``): one grouped
+convolution with ``radix * cardinality`` groups, or as many dense convolutions, each on
+its slice of the input channels with its slice of the same weight. Both read the same
+parameter, so every checkpoint loads into either. Which is faster depends on the
+device and memory layout: cuDNN's channels_last kernels for grouped convolutions with
+few wide groups are slow, while dense convolutions gain from channels_last.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import DropBlock2d, drop_block2d
+
+ConvImpl = Literal["grouped", "split"]
+CONV_IMPLS: tuple[str, ...] = ("grouped", "split")
 
 
 def attention_channels(channels: int, radix: int, reduction: int = 4, min_channels: int = 32) -> int:
@@ -66,8 +78,11 @@ class SplitAttentionConv2d(nn.Module):
         min_attn_channels: int = 32,
         dropblock_prob: float = 0.0,
         dropblock_size: int = 3,
+        conv_impl: ConvImpl = "grouped",
     ) -> None:
         super().__init__()
+        if conv_impl not in CONV_IMPLS:
+            raise ValueError(f"conv_impl must be one of {', '.join(CONV_IMPLS)}; got {conv_impl!r}")
         if radix < 1:
             raise ValueError(f"SplitAttentionConv2d needs radix >= 1, got {radix}; radix 0 means a plain conv")
         attn = attention_channels(in_channels, radix, reduction, min_attn_channels)
@@ -78,6 +93,11 @@ class SplitAttentionConv2d(nn.Module):
             )
         self.radix = radix
         self.channels = channels
+        self.conv_impl = conv_impl
+        self.groups = cardinality * radix
+        self.stride = stride
+        self.padding = padding
+        self.dilation = dilation
         self.conv = nn.Conv2d(
             in_channels,
             channels * radix,
@@ -98,12 +118,34 @@ class SplitAttentionConv2d(nn.Module):
         self.rsoftmax = RadixSoftmax(radix, cardinality)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act0(self.dropblock(self.bn0(self.conv(x))))
+        x = self.act0(self.dropblock(self.bn0(self._radix_conv(x))))
+        # The attention weights are cast to the activations' dtype: CUDA autocast runs the softmax in float32,
+        # and a float32 weight would promote the product, and the block's output, to full-size float32 maps.
         if self.radix == 1:
-            return x * self.rsoftmax(self._attention_logits(x))
+            return x * self.rsoftmax(self._attention_logits(x)).to(x.dtype)
         splits = x.unflatten(1, (self.radix, -1))
-        weights = self.rsoftmax(self._attention_logits(self._sum_splits(splits)))
+        weights = self.rsoftmax(self._attention_logits(self._sum_splits(splits))).to(x.dtype)
         return self._sum_splits(splits * weights.unflatten(1, (self.radix, -1)))
+
+    def _radix_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """``self.conv``, either as itself or as one dense convolution per group on that group's slices of the
+        input channels and of the weight (a grouped convolution is exactly that), concatenated in group order."""
+        if self.conv_impl == "grouped" or self.groups == 1:
+            return self.conv(x)
+        # Slices by index, not chunk(): FX cannot iterate over a traced chunk()'s result.
+        inputs, outputs = self.conv.in_channels // self.groups, self.conv.out_channels // self.groups
+        maps = [
+            F.conv2d(
+                x[:, g * inputs : (g + 1) * inputs],
+                self.conv.weight[g * outputs : (g + 1) * outputs],
+                None,
+                self.stride,
+                self.padding,
+                self.dilation,
+            )
+            for g in range(self.groups)
+        ]
+        return torch.cat(maps, dim=1)
 
     def _attention_logits(self, summed: torch.Tensor) -> torch.Tensor:
         context = F.adaptive_avg_pool2d(summed, 1)
