@@ -73,11 +73,12 @@ def test_gpu_suite_measures_every_model_and_layout(tmp_path: Path) -> None:
     assert rows_by_item(results, "probe")["bf16 matmul"]["tflops"] > 0
     for part in ("train", "infer"):
         rows = rows_by_item(results, part)
-        eager = [f"{model} {layout} eager" for model in MODELS for layout in ("NCHW", "channels_last")]
-        assert set(eager) <= set(rows)
-        compiled = sorted(row["model"] for row in rows.values() if row["compiled"])
-        # torch.compile of ours and of the baseline, each in its faster eager layout
-        assert compiled == (["ours resnest14d", "torchvision resnet18"] if part == "train" else [])
+        for model in MODELS:  # ours once per radix-conv form (create_model's conv_impl), where it has several
+            for layout in ("NCHW", "channels_last"):
+                assert any(i.startswith(model) and i.endswith(f" {layout} eager") for i in rows), (model, layout)
+        # torch.compile of ours and of the baseline, each in its fastest eager configuration
+        compiled = sorted(row["model"].split()[0] for row in rows.values() if row["compiled"])
+        assert compiled == (["ours", "torchvision"] if part == "train" else [])
         for row in rows.values():
             assert row["status"] == "ok", row
             assert row["images_per_s"] > 0 and row["ratio"] > 0 and row["tflops"] > 0
