@@ -61,6 +61,7 @@ TINY = {"width_multiplier": 0.25, "stem_width": 8, "min_attn_channels": 8}
 # --smoke divides them by SMOKE_SPEEDUP (tiny models, a handful of steps).
 ESTIMATE_S = {"now": 0.0, "eager": 15.0, "compile": 90.0, "infer": 8.0, "e2e": 75.0, "check": 60.0}
 SMOKE_SPEEDUP = 10.0
+FLOPS_PER_IMAGE: dict[tuple[str, bool, int], int | None] = {}
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,13 @@ class Suite:
         return left > 0 and left >= self.estimate(kind)
 
     def add(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Record a row; recompute the train and inference ratios against the baseline's best so far."""
         self.rows.append(row)
+        for part in ("train", "infer"):
+            base = self.best(part, baseline=True)
+            for other in self.rows:
+                if base and other["part"] == part and other["status"] == "ok":
+                    other["ratio"] = other["images_per_s"] / base["images_per_s"]
         self.write()
         return row
 
@@ -334,7 +341,11 @@ def measure_step(
         if compiled:
             torch._dynamo.reset()  # drop the compiled graphs and what they hold on the device
     rate = steps * batch / seconds
-    flops = (train_flops_per_image if train else forward_flops_per_image)(spec.build, s.image_size)
+    key = (spec.label, train, s.image_size)
+    if key not in FLOPS_PER_IMAGE:  # counted once per model and mode: the layout does not change it
+        count = train_flops_per_image if train else forward_flops_per_image
+        FLOPS_PER_IMAGE[key] = count(spec.build, s.image_size)
+    flops = FLOPS_PER_IMAGE[key]
     row: dict[str, Any] = {
         "model": spec.label,
         "layout": layout,
@@ -353,13 +364,6 @@ def measure_step(
             row["mfu"] = row["tflops"] / s.peak_tflops
     row["note"] = f"warm-up {warmup_s:.1f} s" + ("" if flops else "; no FLOP count")
     return row
-
-
-def with_ratio(suite: Suite, row: dict[str, Any] | None, part: str) -> None:
-    """Set ``row``'s ratio to the baseline's best of ``part`` (both may move as rows arrive: set at the end)."""
-    base = suite.best(part, baseline=True)
-    if row and row["status"] == "ok" and base:
-        row["ratio"] = row["images_per_s"] / base["images_per_s"]
 
 
 def matmul_probe(s: Settings, suite: Suite) -> dict[str, Any]:
@@ -406,10 +410,6 @@ def run_train(suite: Suite, specs: list[ModelSpec]) -> None:
                 **measure_step(spec, layout, True, True, s, suite),
             },
         )
-    for row in suite.rows:
-        if row["part"] == "train":
-            with_ratio(suite, row, "train")
-    suite.write()
 
 
 def run_infer(suite: Suite, specs: list[ModelSpec]) -> None:
@@ -425,10 +425,6 @@ def run_infer(suite: Suite, specs: list[ModelSpec]) -> None:
                     **measure_step(spec, layout, False, False, s, suite),
                 },
             )
-    for row in suite.rows:
-        if row["part"] == "infer":
-            with_ratio(suite, row, "infer")
-    suite.write()
 
 
 def missing_for_cli() -> str | None:
@@ -628,7 +624,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--peak-tflops",
         type=float,
         default=None,
-        help="bf16 peak for MFU (default: the GPU's dense datasheet peak; the lent H200 reached ~790 on a matmul)",
+        help="bf16 peak for MFU (default: the GPU's dense datasheet peak; a large matmul reaches ~790 on H100/H200)",
     )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.parts.split(",")) - set(PARTS))
