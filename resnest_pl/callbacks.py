@@ -232,10 +232,10 @@ class ImageThroughputMonitor(ThroughputMonitor):
 
 
 def _is_last_batch(trainer: pl.Trainer, stage: RunningStage) -> bool:
-    loop = {
-        RunningStage.TRAINING: trainer.fit_loop.epoch_loop,
-        RunningStage.PREDICTING: trainer.predict_loop,
-    }.get(stage, trainer._evaluation_loop)
+    """Whether the batch just seen is the last of its loop's epoch (a prediction loop does not tell)."""
+    if stage == RunningStage.PREDICTING:
+        return False
+    loop = trainer.fit_loop.epoch_loop if stage == RunningStage.TRAINING else trainer._evaluation_loop
     return bool(loop.batch_progress.is_last_batch)
 
 

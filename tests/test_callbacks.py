@@ -154,6 +154,18 @@ def test_throughput_monitor_takes_points_every_window_and_at_the_last_batch() ->
     assert logger.metrics["train/device/mfu"] > 0
 
 
+def test_throughput_monitor_takes_a_point_before_validation_interrupts_training() -> None:
+    model = ResNeStClassifier("resnest14d", num_classes=4, model_overrides=TINY_SMALL_INPUT)
+    monitor = ImageThroughputMonitor(window_size=100)
+    trainer = make_trainer(max_epochs=1, val_check_interval=3, num_sanity_val_steps=0, callbacks=[monitor])
+    trainer.fit(model, random_loader(64, 16), random_loader(16, 16))  # validation after batches 3 and 6
+    # Points after batches 1, 3 and 6 (before validating: its time is not the training's) and 8 (the last).
+    assert list(monitor._throughputs[RunningStage.TRAINING]._batches) == [6, 8]
+    assert list(monitor._throughputs[RunningStage.VALIDATING]._batches) == [1, 2]
+    trainer.predict(model, random_loader(16, 16))  # and prediction, whose loop has no last-batch flag
+    assert monitor._samples[RunningStage.PREDICTING] == 16
+
+
 def test_dense_peaks_are_looked_up_by_device_name() -> None:
     assert dense_peak_tflops("NVIDIA H200", "bf16") == 989.4  # Lightning has no peak for this name
     assert dense_peak_tflops("NVIDIA H100 80GB HBM3", torch.bfloat16) == 989.4
