@@ -16,8 +16,8 @@ Before each item the suite checks that the budget holds its estimated time, else
 skipped; an item that cannot run (package missing) is recorded with the reason. ``results.json`` and
 ``results.md`` in ``--out`` are rewritten after every item, so a run cut short leaves what it finished.
 
-    python benchmarks/gpu_suite.py --budget-s 420 --out $OUT      # on the GPU
-    python benchmarks/gpu_suite.py --device cpu --smoke --out /tmp/suite   # plumbing, tiny models
+    PYTHONPATH=. python benchmarks/gpu_suite.py --budget-s 420 --out $OUT      # on the GPU
+    PYTHONPATH=. python benchmarks/gpu_suite.py --device cpu --smoke --out /tmp/suite   # plumbing, tiny models
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import importlib.util
+import importlib
 import io
 import json
 import math
@@ -193,7 +193,7 @@ def markdown(document: dict[str, Any], suite: Suite) -> str:
         f"{document['elapsed_s']} s of a {s.budget_s:g} s budget"
         + (f"; running: {document['running']}" if document["running"] else ""),
         "",
-        "| part | item | img/s | ms/step | peak GiB | TFLOP/s | MFU | vs baseline | status | note |",
+        "| part | item | img/s | ms/step | peak GiB | TFLOP/s | MFU | ratio | status | note |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for row in document["rows"]:
@@ -204,7 +204,12 @@ def markdown(document: dict[str, Any], suite: Suite) -> str:
             f"| {'' if mfu is None else f'{100 * mfu:.1f}%'} | {_fmt(row.get('ratio'), 3)} "
             f"| {row['status']} | {row.get('note', '')} |"
         )
-    lines += ["", *(f"- {note}" for note in document["notes"])]
+    lines += [
+        "",
+        "- ratio: train and infer rows against the baseline's best row of the same part; e2e against our "
+        "synthetic NCHW eager train step",
+        *(f"- {note}" for note in document["notes"]),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -429,8 +434,13 @@ def run_infer(suite: Suite, specs: list[ModelSpec]) -> None:
 
 def missing_for_cli() -> str | None:
     """Why the CLI and its data modules cannot run here, or None."""
-    missing = [name for name in CLI_NEEDS if importlib.util.find_spec(name) is None]
-    return f"not importable: {', '.join(missing)} (the CLI and its data modules need them)" if missing else None
+    missing = []
+    for name in CLI_NEEDS:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # absent, or present but broken: either way the CLI cannot run
+            missing.append(f"{name} ({type(err).__name__}: {err})"[:120])
+    return f"not importable: {'; '.join(missing)} (the CLI and its data modules need them)" if missing else None
 
 
 def write_imagenet_layout(root: Path, count: int, classes: int, seed: int = 0) -> None:

@@ -201,6 +201,8 @@ class ImageThroughputMonitor(ThroughputMonitor):
         assert stage is not None
         if self._module_has_flops is None:
             self._module_has_flops = hasattr(pl_module, "flops_per_batch")
+            if not self._module_has_flops:
+                rank_zero_warn(f"{type(pl_module).__name__} has no `flops_per_batch`: no FLOP/s or MFU are logged")
         flops = pl_module.flops_per_batch if self._module_has_flops else None
         pending = self._pending_flops.get(stage, 0)
         self._pending_flops[stage] = None if flops is None or pending is None else pending + flops
