@@ -197,10 +197,10 @@ def markdown(document: dict[str, Any], suite: Suite) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for row in document["rows"]:
-        mfu = row.get("mfu")
+        mfu, tflops = row.get("mfu"), row.get("tflops")
         lines.append(
             f"| {row['part']} | {row['item']} | {_fmt(row.get('images_per_s'))} | {_fmt(row.get('ms_per_step'))} "
-            f"| {_fmt(row.get('peak_gib'), 2)} | {_fmt(row.get('tflops'))} "
+            f"| {_fmt(row.get('peak_gib'), 2)} | {'' if tflops is None else f'{tflops:.3g}'} "
             f"| {'' if mfu is None else f'{100 * mfu:.1f}%'} | {_fmt(row.get('ratio'), 3)} "
             f"| {row['status']} | {row.get('note', '')} |"
         )

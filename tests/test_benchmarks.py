@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("ours resnest14d", "torchvision resnet18", "timm resnest14d")  # the GPU suite's --smoke stand-ins
 
 
-def benchmark(*args: str, script: str = "model_speed.py") -> subprocess.CompletedProcess:
+def benchmark(
+    *args: str, script: str = "model_speed.py", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     command = [sys.executable, str(ROOT / "benchmarks" / script), *args]
-    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False, env=env)
 
 
-def run_benchmark(*args: str, script: str = "model_speed.py") -> str:
-    done = benchmark(*args, script=script)
+def run_benchmark(*args: str, script: str = "model_speed.py", env: dict[str, str] | None = None) -> str:
+    done = benchmark(*args, script=script, env=env)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -56,9 +59,9 @@ def test_host_memory_benchmark_compares_plain_and_kept_children() -> None:
     assert "kept / plain images/s:" in out
 
 
-def gpu_suite(out: Path, *args: str) -> dict:
+def gpu_suite(out: Path, *args: str, env: dict[str, str] | None = None) -> dict:
     """Run the GPU suite's CPU dry run into ``out``; return its results.json."""
-    run_benchmark("--device", "cpu", "--smoke", "--out", str(out), *args, script="gpu_suite.py")
+    run_benchmark("--device", "cpu", "--smoke", "--out", str(out), *args, script="gpu_suite.py", env=env)
     return json.loads((out / "results.json").read_text())
 
 
@@ -109,3 +112,18 @@ def test_gpu_suite_skips_what_the_budget_cannot_hold(tmp_path: Path) -> None:
     assert later[0]["note"].startswith("budget: ")
     assert {row["part"] for row in later} == {"train", "infer", "e2e", "check"}
     assert "| probe | bf16 matmul |" in (tmp_path / "results.md").read_text()
+
+
+def test_gpu_suite_says_which_parts_a_missing_package_skips(tmp_path: Path) -> None:
+    broken = tmp_path / "site"
+    (broken / "albumentations").mkdir(parents=True)
+    (broken / "albumentations" / "__init__.py").write_text("raise ImportError('not on this machine')\n")
+    (broken / "timm").mkdir()
+    (broken / "timm" / "__init__.py").write_text("raise ImportError('not on this machine')\n")
+    path = os.pathsep.join([str(broken), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    results = gpu_suite(tmp_path / "out", "--parts", "e2e,check", env={**os.environ, "PYTHONPATH": path})
+    skipped = [row for row in results["rows"] if row["part"] in ("e2e", "check")]
+    assert len(skipped) == 3
+    assert all(row["status"] == "skipped" and "albumentations (ImportError" in row["note"] for row in skipped)
+    assert "timm is not importable: its resnest50d is not measured" in results["notes"]
+    assert "not importable: albumentations" in (tmp_path / "out" / "results.md").read_text()
