@@ -216,12 +216,10 @@ def markdown(document: dict[str, Any], suite: Suite) -> str:
 def machine_summary(device: torch.device) -> str:
     parts = [platform.node(), f"{os.cpu_count()} logical CPUs", f"torch {torch.__version__}", f"device {device.type}"]
     if device.type == "cuda":
-        parts.append(f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}, cuDNN {_cudnn()})")
+        parts.append(
+            f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})"
+        )
     return ", ".join(parts)
-
-
-def _cudnn() -> str:
-    return str(torch.backends.cudnn.version())
 
 
 def sync(device: torch.device) -> None:
@@ -281,6 +279,7 @@ def train_flops_per_image(build: Callable[[], nn.Module], size: int) -> int | No
 
 
 def forward_flops_per_image(build: Callable[[], nn.Module], size: int) -> int | None:
+    """Inference FLOPs of one image (eval mode, no grad), counted as above."""
     try:
         with torch.device("meta"):
             model = build().eval()
