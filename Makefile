@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 CONFIG ?= configs/quickstart.yaml
 
-.PHONY: install quickstart test test-fast lint format bench bench-data bench-memory ablate variants clean
+.PHONY: install quickstart test test-fast lint format bench bench-data bench-memory bench-gpu ablate variants clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,12 @@ bench-data: install
 
 bench-memory: install
 	$(PY) benchmarks/host_memory.py
+
+# Everything to measure on one CUDA GPU within GPU_BUDGET seconds; results.md / results.json in GPU_OUT.
+GPU_BUDGET ?= 360
+GPU_OUT ?= runs/gpu-suite
+bench-gpu: install
+	$(PY) benchmarks/gpu_suite.py --budget-s $(GPU_BUDGET) --out $(GPU_OUT)
 
 # One intra-op thread per fit: on a 2-core machine torch's default two threads stall whenever anything else runs.
 ablate: install

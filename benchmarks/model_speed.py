@@ -6,8 +6,8 @@ on a shared, noisy machine. Prints Markdown tables of medians, spread and ratios
 run with ``--threads 1`` and read the CPU-time ratio: it ignores the time the process waited for a core
 (with more threads, OpenMP barriers stall whenever any thread is descheduled).
 
-    python benchmarks/model_speed.py                       # CPU: fp32 eager
-    python benchmarks/model_speed.py --device cuda         # + bf16, channels_last, torch.compile, MFU
+    python benchmarks/model_speed.py                       # CPU: fp32 eager, batch 8 / 16
+    python benchmarks/model_speed.py --device cuda         # + bf16, channels_last, torch.compile, MFU; 256 / 512
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnest_pl.callbacks import dense_peak_tflops, fp32_precision_name
 from resnest_pl.host_memory import keep_freed_host_memory
 from resnest_pl.models import create_model, get_variant
 from resnest_pl.models.complexity import count_macs
 
-H200_BF16_DENSE_TFLOPS = 989.0
 MODES = ("train", "infer")
+# Batches that keep a GPU busy (small ones time kernel launches) and ones a CPU gets through in seconds.
+DEFAULT_BATCH = {"cuda": (256, 512), "cpu": (8, 16)}
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,8 @@ class Entry:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnest50", help="our variant (the others use its counterpart)")
-    parser.add_argument("--batch-train", type=int, default=8)
-    parser.add_argument("--batch-infer", type=int, default=16)
+    parser.add_argument("--batch-train", type=int, default=None, help="default 256 on CUDA, 8 on the CPU")
+    parser.add_argument("--batch-infer", type=int, default=None, help="default 512 on CUDA, 16 on the CPU")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--reps", type=int, default=6, help="timed repetitions after warm-up (>= 6 for reporting)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model and mode")
@@ -94,7 +96,8 @@ def parse_args() -> argparse.Namespace:
         "--peak-tflops",
         type=float,
         default=None,
-        help=f"peak for MFU (default on CUDA: {H200_BF16_DENSE_TFLOPS:g}, H200 bf16 dense; no MFU on CPU unless set)",
+        help="peak for MFU in every configuration (default on CUDA: the GPU's dense datasheet peak for each "
+        "configuration's precision, bf16 or TF32/fp32; no MFU on the CPU unless set)",
     )
     args = parser.parse_args()
     if args.reps < 1 or args.warmup < 0:
@@ -248,8 +251,18 @@ def run_config(entries: list[Entry], cfg: Config, args: argparse.Namespace, devi
         torch.cuda.empty_cache()
 
 
-def speed_rows(entries: list[Entry], config: str, args: argparse.Namespace, peak_tflops: float | None) -> list[str]:
-    """Markdown rows of the speed table for one configuration."""
+def config_peak(cfg: Config, device: torch.device, override: float | None) -> float | None:
+    """The MFU denominator of a configuration: ``override``, else the CUDA device's dense peak for its precision."""
+    if override or device.type != "cuda":
+        return override
+    precision = "bf16" if cfg.amp else fp32_precision_name()
+    return dense_peak_tflops(torch.cuda.get_device_name(device), precision)
+
+
+def speed_rows(
+    entries: list[Entry], config: str, args: argparse.Namespace, peak_tflops: float | None, mfu_columns: bool
+) -> list[str]:
+    """Markdown rows of the speed table for one configuration (empty MFU cells where its peak is unknown)."""
     batch = {"train": args.batch_train, "infer": args.batch_infer}
     flop_factor = {"train": 3, "infer": 1}
     rows = []
@@ -264,6 +277,8 @@ def speed_rows(entries: list[Entry], config: str, args: argparse.Namespace, peak
             if peak_tflops:
                 achieved = median * entry.flops_per_image * flop_factor[mode] / 1e12
                 row += f" {achieved:.1f} | {100 * achieved / peak_tflops:.1f}% |"
+            elif mfu_columns:
+                row += " | |"
             rows.append(row)
     return rows
 
@@ -296,13 +311,16 @@ def main() -> None:
         print("note: --keep-host-memory needs glibc; the allocator is left as it is")
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
+    batch_train, batch_infer = DEFAULT_BATCH["cuda" if device.type == "cuda" else "cpu"]
+    args.batch_train = args.batch_train or batch_train
+    args.batch_infer = args.batch_infer or batch_infer
     names = args.configs.split(",") if args.configs else list(CONFIGS) if device.type == "cuda" else ["fp32"]
     unknown = sorted(set(names) - set(CONFIGS))
     if unknown:
         raise SystemExit(f"unknown --configs {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    peak_tflops = args.peak_tflops or (H200_BF16_DENSE_TFLOPS if device.type == "cuda" else None)
+    peaks = {name: config_peak(CONFIGS[name], device, args.peak_tflops) for name in names}
 
     torch.manual_seed(0)
     state = create_model(args.model).state_dict()
@@ -318,17 +336,21 @@ def main() -> None:
         f"steps, {args.reps} interleaved reps of >= {args.rep_seconds:g} s per model and mode; same weights for all"
     )
     print("forward GFLOPs/image: " + ", ".join(f"{e.label} {e.flops_per_image / 1e9:.2f}" for e in entries))
-    if peak_tflops:
-        print(f"MFU assumes a peak of {peak_tflops:g} TFLOP/s for every configuration; train = 3 x forward FLOPs")
+    if any(peaks.values()):
+        print(
+            "MFU against peaks of "
+            + ", ".join(f"{name} {peak:g}" for name, peak in peaks.items() if peak)
+            + " TFLOP/s; train = 3 x forward FLOPs"
+        )
 
     speed, ratios = [], []
     for name in names:
         run_config(entries, CONFIGS[name], args, device)
-        speed += speed_rows(entries, name, args, peak_tflops)
+        speed += speed_rows(entries, name, args, peaks[name], any(peaks.values()))
         ratios += ratio_rows(entries, name, with_cpu=device.type == "cpu")
         print(f"done: {name}", flush=True)
 
-    mfu_head, mfu_rule = (" TFLOP/s | MFU |", "---:|---:|") if peak_tflops else ("", "")
+    mfu_head, mfu_rule = (" TFLOP/s | MFU |", "---:|---:|") if any(peaks.values()) else ("", "")
     print(f"\n| config | mode | model | img/s (median) | min..max | spread | ms/step (median) |{mfu_head}")
     print(f"|---|---|---|---:|---|---:|---:|{mfu_rule}")
     print("\n".join(speed))

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("ours resnest14d", "torchvision resnet18", "timm resnest14d")  # the GPU suite's --smoke stand-ins
 
 
-def benchmark(*args: str, script: str = "model_speed.py") -> subprocess.CompletedProcess:
+def benchmark(
+    *args: str, script: str = "model_speed.py", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     command = [sys.executable, str(ROOT / "benchmarks" / script), *args]
-    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False, env=env)
 
 
-def run_benchmark(*args: str, script: str = "model_speed.py") -> str:
-    done = benchmark(*args, script=script)
+def run_benchmark(*args: str, script: str = "model_speed.py", env: dict[str, str] | None = None) -> str:
+    done = benchmark(*args, script=script, env=env)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -50,3 +57,73 @@ def test_host_memory_benchmark_compares_plain_and_kept_children() -> None:
     )
     assert "| plain |" in out and "| kept |" in out
     assert "kept / plain images/s:" in out
+
+
+def gpu_suite(out: Path, *args: str, env: dict[str, str] | None = None) -> dict:
+    """Run the GPU suite's CPU dry run into ``out``; return its results.json."""
+    run_benchmark("--device", "cpu", "--smoke", "--out", str(out), *args, script="gpu_suite.py", env=env)
+    return json.loads((out / "results.json").read_text())
+
+
+def rows_by_item(results: dict, part: str) -> dict[str, dict]:
+    return {row["item"]: row for row in results["rows"] if row["part"] == part}
+
+
+def test_gpu_suite_measures_every_model_and_layout(tmp_path: Path) -> None:
+    results = gpu_suite(tmp_path, "--parts", "train,infer")
+    markdown = (tmp_path / "results.md").read_text()
+    assert results["running"] is None
+    assert rows_by_item(results, "probe")["bf16 matmul"]["tflops"] > 0
+    for part in ("train", "infer"):
+        rows = rows_by_item(results, part)
+        for model in MODELS:  # ours once per radix-conv form (create_model's conv_impl), where it has several
+            for layout in ("NCHW", "channels_last"):
+                assert any(i.startswith(model) and i.endswith(f" {layout} eager") for i in rows), (model, layout)
+        # torch.compile of ours and of the baseline, each in its fastest eager configuration
+        compiled = sorted(row["model"].split()[0] for row in rows.values() if row["compiled"])
+        assert compiled == (["ours", "torchvision"] if part == "train" else [])
+        for row in rows.values():
+            assert row["status"] == "ok", row
+            assert row["images_per_s"] > 0 and row["ratio"] > 0 and row["tflops"] > 0
+            assert f"| {part} | {row['item']} | {row['images_per_s']:.1f} |" in markdown
+
+
+@pytest.mark.slow
+def test_gpu_suite_times_a_cli_fit_on_jpeg_files(tmp_path: Path) -> None:
+    results = gpu_suite(tmp_path, "--parts", "e2e")
+    e2e = rows_by_item(results, "e2e")["CLI fit on JPEG files"]
+    assert e2e["status"] == "ok" and e2e["images_per_s"] > 0
+    assert "--trainer.callbacks+=resnest_pl.callbacks.ImageThroughputMonitor" in (tmp_path / "e2e.log").read_text()
+
+
+@pytest.mark.slow
+def test_gpu_suite_fits_the_quick_start_with_the_gpu_presets(tmp_path: Path) -> None:
+    results = gpu_suite(tmp_path, "--parts", "check")
+    checks = rows_by_item(results, "check")
+    assert len(checks) == 2 and all(row["status"] == "ok" and "val/acc1" in row["note"] for row in checks.values())
+    assert "configs/trainer/ddp.yaml" in (tmp_path / "quickstart-ddp.log").read_text()
+
+
+def test_gpu_suite_skips_what_the_budget_cannot_hold(tmp_path: Path) -> None:
+    results = gpu_suite(tmp_path, "--budget-s", "1")  # the probe needs no time, each item 1.5 s or more
+    assert results["rows"][0]["status"] == "ok" and results["rows"][0]["tflops"] > 0
+    later = results["rows"][1:]
+    assert later and all(row["status"] == "skipped" for row in later)
+    assert later[0]["note"].startswith("budget: ")
+    assert {row["part"] for row in later} == {"train", "infer", "e2e", "check"}
+    assert "| probe | bf16 matmul |" in (tmp_path / "results.md").read_text()
+
+
+def test_gpu_suite_says_which_parts_a_missing_package_skips(tmp_path: Path) -> None:
+    broken = tmp_path / "site"
+    (broken / "albumentations").mkdir(parents=True)
+    (broken / "albumentations" / "__init__.py").write_text("raise ImportError('not on this machine')\n")
+    (broken / "timm").mkdir()
+    (broken / "timm" / "__init__.py").write_text("raise ImportError('not on this machine')\n")
+    path = os.pathsep.join([str(broken), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    results = gpu_suite(tmp_path / "out", "--parts", "e2e,check", env={**os.environ, "PYTHONPATH": path})
+    skipped = [row for row in results["rows"] if row["part"] in ("e2e", "check")]
+    assert len(skipped) == 3
+    assert all(row["status"] == "skipped" and "albumentations (ImportError" in row["note"] for row in skipped)
+    assert "timm is not importable: its resnest50d is not measured" in results["notes"]
+    assert "not importable: albumentations" in (tmp_path / "out" / "results.md").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -10,11 +11,19 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers.logger import Logger
+from pytorch_lightning.plugins import MixedPrecision, Precision
+from pytorch_lightning.trainer.states import RunningStage
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.ops import DropBlock2d
 
-from resnest_pl.callbacks import DropBlockSchedule, ImageThroughputMonitor, images_in_batch, max_compiled_increments
+from resnest_pl.callbacks import (
+    DropBlockSchedule,
+    ImageThroughputMonitor,
+    dense_peak_tflops,
+    images_in_batch,
+    max_compiled_increments,
+)
 from resnest_pl.models import create_model
 from resnest_pl.models.complexity import count_macs
 from resnest_pl.module import ResNeStClassifier
@@ -180,3 +189,62 @@ def test_throughput_monitor_logs_images_and_flops_per_second() -> None:
     assert forward == 2 * count_macs(create_model("resnest14d", num_classes=4, **TINY_SMALL_INPUT), 16, batch_size=8)
     model.train()
     assert model.flops_per_batch > 2 * forward  # the backward pass is counted too
+
+
+def test_throughput_monitor_takes_points_every_window_and_at_the_last_batch() -> None:
+    logger = MemoryLogger()
+    model = ResNeStClassifier("resnest14d", num_classes=4, model_overrides=TINY_SMALL_INPUT)
+    monitor = ImageThroughputMonitor(window_size=3, peak_tflops=1e-3)
+    trainer = make_trainer(max_epochs=1, logger=logger, log_every_n_steps=1, callbacks=[monitor])
+    trainer.fit(model, random_loader(56, 16))  # 7 batches: points after batches 1, 4, 7 (the last)
+
+    train = monitor._throughputs[RunningStage.TRAINING]
+    assert list(train._batches) == [4, 7] and list(train._samples) == [32, 56]
+    assert train._flops[-1] == 3 * model.flops_per_batch  # FLOPs of the 3 batches between the points
+    assert monitor.available_flops == 10**9
+    assert logger.metrics["train/samples"] == 56
+    assert logger.metrics["train/device/mfu"] > 0
+
+
+def test_throughput_monitor_takes_a_point_before_validation_interrupts_training() -> None:
+    model = ResNeStClassifier("resnest14d", num_classes=4, model_overrides=TINY_SMALL_INPUT)
+    monitor = ImageThroughputMonitor(window_size=100)
+    trainer = make_trainer(max_epochs=1, val_check_interval=3, num_sanity_val_steps=0, callbacks=[monitor])
+    trainer.fit(model, random_loader(64, 16), random_loader(16, 16))  # validation after batches 3 and 6
+    # Points after batches 1, 3 and 6 (before validating: its time is not the training's) and 8 (the last).
+    assert list(monitor._throughputs[RunningStage.TRAINING]._batches) == [6, 8]
+    assert list(monitor._throughputs[RunningStage.VALIDATING]._batches) == [1, 2]
+    trainer.predict(model, random_loader(16, 16))  # and prediction, whose loop has no last-batch flag
+    assert monitor._samples[RunningStage.PREDICTING] == 16
+
+
+def test_dense_peaks_are_looked_up_by_device_name() -> None:
+    assert dense_peak_tflops("NVIDIA H200", "bf16") == 989.4  # Lightning has no peak for this name
+    assert dense_peak_tflops("NVIDIA H100 80GB HBM3", torch.bfloat16) == 989.4
+    assert dense_peak_tflops("NVIDIA H100 NVL", "bf16") == 835.0  # Lightning's is the sparse 1978.8
+    assert dense_peak_tflops("NVIDIA H100 PCIe", "tf32") == 378.0
+    assert dense_peak_tflops("NVIDIA L40S", "bf16") == 362.1  # not the L4's
+    assert dense_peak_tflops("NVIDIA A100-SXM4-80GB", torch.float32) == 19.5
+    assert dense_peak_tflops("Tesla V100-SXM2-32GB", "bf16") is None
+    assert dense_peak_tflops("Some Future GPU", "bf16") is None
+
+
+def test_peak_override_and_unknown_devices() -> None:
+    trainer = make_trainer(max_steps=1)
+    assert ImageThroughputMonitor().peak_flops(trainer) is None  # CPU: no peak
+    assert ImageThroughputMonitor(peak_tflops=790).peak_flops(trainer) == 790 * 10**12
+    with pytest.raises(ValueError, match="window_size"):
+        ImageThroughputMonitor(window_size=0)
+
+
+def test_peak_of_a_cuda_trainer_follows_its_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    strategy = SimpleNamespace(root_device=torch.device("cuda", 0))
+    bf16 = SimpleNamespace(strategy=strategy, precision_plugin=MixedPrecision("bf16-mixed", "cuda"))
+    fp32 = SimpleNamespace(strategy=strategy, precision_plugin=Precision())
+    monitor = ImageThroughputMonitor()
+    assert monitor.peak_flops(bf16) == int(989.4e12)  # type: ignore[arg-type]
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert monitor.peak_flops(fp32) == int(494.7e12)  # type: ignore[arg-type]
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert monitor.peak_flops(fp32) == int(66.9e12)  # type: ignore[arg-type]
