@@ -1,0 +1,242 @@
+"""Training and evaluation from the streaming shards written by ``python -m resnest_pl.data.shard``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from litdata.streaming import StreamingDataLoader, StreamingDataset
+from litdata.streaming.sampler import ChunkedIndex
+
+from . import transforms
+from .base import ImageDataModule, Split, as_triplet
+from .collate import SkipUnreadable
+from .datasets import Replacement, Sample
+from .decode import decode_image
+from .resumable import sample_seed
+from .shard import read_meta
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, AutoAugmentName, ImageTransform, Interpolation
+
+logger = logging.getLogger(__name__)
+
+
+class ShardDataset(StreamingDataset):
+    """One split of the shards, yielding what :class:`~resnest_pl.data.ImageFileDataset` yields.
+
+    An unreadable image gives None, or with ``replace_unreadable`` the next readable sample of the split (by
+    index, wrapping around) marked ``(image, target, 1)``. With ``seed_augmentations`` every sample's transform is
+    seeded by ``(seed, epoch, index)`` as :class:`~resnest_pl.data.resumable.ResumableSampler` seeds the file-based
+    modules': the same image gets the same augmentations from files or shards, and after a resume.
+
+    Args:
+        input_dir: the split's folder or URL.
+        image_transform: maps an RGB ``uint8`` array to a tensor (``transform`` is litdata's own hook).
+        num_samples: the samples of the split (``meta.json``).
+        replace_unreadable: draw the next readable sample in place of an unreadable one.
+        seed_augmentations: reseed ``image_transform`` per sample (training).
+        kwargs: StreamingDataset's (``shuffle``, ``seed``, ``cache_dir``).
+    """
+
+    def __init__(
+        self,
+        input_dir: str,
+        image_transform: ImageTransform,
+        num_samples: int,
+        replace_unreadable: bool = False,
+        seed_augmentations: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(input_dir, **kwargs)
+        self.image_transform = image_transform
+        self.num_samples = num_samples
+        self.replace_unreadable = replace_unreadable
+        self.seed_augmentations = seed_augmentations
+        self.min_source_side: int | None = getattr(image_transform, "min_source_side", None)
+
+    def _decode(self, item: dict[str, Any]) -> np.ndarray | None:
+        return decode_image(np.frombuffer(item["image"], dtype=np.uint8), self.min_source_side)
+
+    def __getitem__(self, index: Any) -> Sample | Replacement | None:
+        if not isinstance(index, ChunkedIndex):  # ints, slices and keys: the stored samples, as litdata gives them
+            return super().__getitem__(index)
+        item = super().__getitem__(index)
+        if self.seed_augmentations:
+            # litdata counts epochs from 1 (its loader increments before each one); Lightning from 0.
+            self.image_transform.reseed(sample_seed(self.seed, self.current_epoch - 1, index.index))
+        image = self._decode(item)
+        if image is not None:
+            return self.image_transform(image), int(item["target"])
+        logger.warning("skipping unreadable or corrupt image %s (in %s)", item["path"], self.input_dir.path)
+        if not self.replace_unreadable:
+            return None
+        total = self.num_samples
+        for step in range(1, total):
+            other = super().__getitem__((index.index + step) % total)
+            image = self._decode(other)
+            if image is not None:
+                return self.image_transform(image), int(other["target"]), 1
+        raise ValueError(f"none of the {total} images of {self.input_dir.path} can be read, e.g. {item['path']}")
+
+
+class TrainLoader(StreamingDataLoader):
+    """litdata's loader, with its position restored by :class:`ShardedDataModule` and not by Lightning.
+
+    Lightning saves a stateful loader's ``state_dict`` with the checkpoint, but reads it after its fit loop has
+    prefetched the next batch: the saved position is one batch too far, and a resumed run would skip a batch. The
+    data module records the batches the loop has processed instead and rebuilds litdata's position from them
+    (:meth:`resume_at`); Lightning's copy is left empty.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing: see the class docstring."""
+
+    def start_at(self, epoch: int, batches_done: int) -> None:
+        """Make the next iteration Lightning's ``epoch`` (counted from 0), after its first ``batches_done`` batches."""
+        if not batches_done:
+            self.current_epoch = epoch  # litdata adds one when it starts an epoch
+            return
+        samples = batches_done * self.batch_size
+        self.dataset.set_epoch(epoch + 1)
+        super().load_state_dict(
+            {
+                "dataset": self.dataset.state_dict(samples, self.num_workers, self.batch_size),
+                "current_epoch": epoch + 1,
+                "num_samples_yielded": samples,
+                "latest_worker_idx": (batches_done - 1) % max(self.num_workers, 1),
+            }
+        )
+
+
+class ShardedDataModule(ImageDataModule):
+    """Training and evaluation from streaming shards (``python -m resnest_pl.data.shard``), local or remote.
+
+    The same transforms, batches, class names and evaluation settings as :class:`~resnest_pl.data.ImageNetDataModule`
+    and :class:`~resnest_pl.data.ImageFolderDataModule`; the shards are read by ``litdata`` (why: see
+    ``resnest_pl/data/shard.py``). Training is shuffled by chunk, then by sample within chunks, from the run's
+    seed and the epoch; every sample's augmentations are seeded by ``(seed, epoch, index)``, the same as the file
+    modules' for the same image.
+
+    Under DDP each rank gets the same whole number of batches from one shuffled order: every sample is drawn at
+    most once per epoch, and exactly once but for fewer than ``world_size x batch_size`` samples at the end of
+    that order, different ones each epoch (with ``drop_last`` false and one process, every sample, the last batch
+    smaller). Val and test are read in order and split over the ranks without padding or dropping: each sample
+    is evaluated exactly once. A fit resumed from a mid-epoch checkpoint continues with the very next batch, as
+    long as ``batch_size``, ``num_workers`` and the number of processes are those of the interrupted run (the
+    order depends on them).
+
+    The crop, augmentation and loader arguments are ImageFolderDataModule's and documented there.
+
+    Args:
+        root: the converter's ``--out``: a folder, or a URL (``s3://bucket/imagenet-shards``, ``gs://...``) whose
+            chunks are cached locally while they are read.
+        cache_dir: where remote chunks are cached (litdata's default cache folder when None).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        crop_size: int = 224,
+        eval_crop_size: int | None = None,
+        crop_pct: float | None = None,
+        interpolation: Interpolation | None = None,
+        auto_augment: AutoAugmentName = "none",
+        color_jitter: float = 0.4,
+        lighting: float = 0.1,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        cache_dir: str | None = None,
+        batch_size: int = 64,
+        num_workers: int = 8,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        drop_last: bool = True,
+        predict_paths: list[str] | str | None = None,
+    ) -> None:
+        super().__init__(batch_size, num_workers, pin_memory, persistent_workers, drop_last, predict_paths)
+        if auto_augment not in ("none", "autoaugment", "randaugment"):
+            raise ValueError(f"auto_augment must be 'none', 'autoaugment' or 'randaugment', got {auto_augment!r}")
+        self.crop_pct = transforms.DEFAULT_CROP_PCT if crop_pct is None else crop_pct
+        self.interpolation: Interpolation = "bicubic" if interpolation is None else interpolation
+        transforms.eval_resize_size(crop_size, self.crop_pct)
+        transforms.eval_interpolation(self.interpolation)
+        self.root = root.rstrip("/")
+        self.cache_dir = cache_dir
+        self.crop_size = crop_size
+        self.eval_crop_size = crop_size if eval_crop_size is None else eval_crop_size
+        self.auto_augment = auto_augment
+        self.color_jitter = color_jitter
+        self.lighting = lighting
+        self.mean = as_triplet(mean, "mean")
+        self.std = as_triplet(std, "std")
+        meta = read_meta(self.root)
+        self.class_names = list(meta["class_names"])
+        self.num_classes = len(self.class_names)
+        self.num_samples: dict[str, int] = dict(meta["num_samples"])
+
+    def train_transform(self) -> ImageTransform:
+        return transforms.imagenet_train_transform(
+            self.crop_size, self.auto_augment, self.color_jitter, self.lighting, self.mean, self.std
+        )
+
+    def eval_transform(self) -> ImageTransform:
+        return transforms.eval_transform(self.eval_crop_size, self.crop_pct, self.interpolation, self.mean, self.std)
+
+    def build_dataset(self, split: Split) -> ShardDataset:
+        stored: str = "val" if split == "test" and "test" not in self.num_samples else split
+        if stored not in self.num_samples:
+            raise ValueError(f"the shards at {self.root} have no {stored} split (only {', '.join(self.num_samples)})")
+        train = split == "train"
+        return ShardDataset(
+            f"{self.root}/{stored}",
+            self.train_transform() if train else self.eval_transform(),
+            self.num_samples[stored],
+            replace_unreadable=train,  # as ImageFileDataset: an empty training batch would stall DDP
+            seed_augmentations=train,
+            shuffle=train,
+            seed=self._shuffle_seed or 0,
+            cache_dir=self.cache_dir,
+        )
+
+    def train_dataloader(self) -> TrainLoader:  # type: ignore[override]
+        trainer = self.trainer
+        if self._shuffle_seed is None:
+            self._shuffle_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        # Built here rather than at setup: the order's seed may come from a checkpoint, loaded after setup.
+        dataset = self._datasets["train"] = self.build_dataset("train")
+        world_size = trainer.world_size if trainer else 1
+        loader = TrainLoader(
+            dataset,
+            # Under DDP every rank needs as many batches as the others, or one would wait for them forever.
+            **self._loader_options(self.crop_size, drop_last=self.drop_last or world_size > 1),
+        )
+        epoch, done = self._resume_at or ((trainer.current_epoch if trainer else 0), 0)
+        loader.start_at(epoch, done)
+        self._resume_at = None
+        return loader
+
+    def val_dataloader(self) -> StreamingDataLoader:  # type: ignore[override]
+        return StreamingDataLoader(self.dataset("val"), **self._loader_options(self.eval_crop_size, drop_last=False))
+
+    def test_dataloader(self) -> StreamingDataLoader:  # type: ignore[override]
+        return StreamingDataLoader(self.dataset("test"), **self._loader_options(self.eval_crop_size, drop_last=False))
+
+    def _loader_options(self, crop: int, drop_last: bool) -> dict[str, Any]:
+        return dict(
+            batch_size=self.batch_size,
+            # Also litdata's split over ranks: with False, the last rank takes the remainder (evaluation: each
+            # sample exactly once); with True, every rank the same whole number of batches.
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available() if self.pin_memory is None else self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            collate_fn=SkipUnreadable((3, crop, crop)),
+            # The workers' base seed from a generator of their own: creating the iterator must not draw from torch's
+            # global generator, or a resumed run's dropout / DropBlock masks would shift.
+            generator=torch.Generator(),
+        )
