@@ -200,7 +200,9 @@ def main(args: Sequence[str] | None = None) -> None:
     from ..cli import DEBUG_ENV, USER_ERRORS
 
     try:
-        out = convert(options.root, options.out, options.val_fraction, options.seed, options.chunk_bytes, options.threads)
+        out = convert(
+            options.root, options.out, options.val_fraction, options.seed, options.chunk_bytes, options.threads
+        )
     except USER_ERRORS as err:
         if os.environ.get(DEBUG_ENV):
             raise
