@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -249,3 +250,23 @@ def test_cli_killed_mid_epoch_resumes_to_the_uninterrupted_weights(solid: Path, 
     assert final["global_step"] == expected["global_step"] == 12
     for key, value in expected["state_dict"].items():
         torch.testing.assert_close(final["state_dict"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_resume_with_workers_from_shards_moved_elsewhere(solid: Path, tmp_path: Path) -> None:
+    """Two loader workers (whose batches interleave), three batches done, and the shards copied to another folder
+    in between (litdata's own saved state names the old path and would refuse it)."""
+    options = dict(crop_size=16, batch_size=4, num_workers=2, color_jitter=0.0, lighting=0.0)
+
+    def epoch_one(root: Path, state: dict | None = None) -> list[list[int]]:
+        module = ShardedDataModule(str(root), **options)
+        module.trainer = SimpleNamespace(world_size=1, global_rank=0, current_epoch=1)  # type: ignore[assignment]
+        if state:
+            module.load_state_dict(state)
+        module.setup("fit")
+        return [identities(b[0]) for b in module.train_dataloader()]
+
+    full = epoch_one(solid / "shards")
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(solid / "shards", moved)
+    assert epoch_one(moved, {"shuffle_seed": 0, "epoch": 1, "batches_done": 3}) == full[3:]
+    assert sorted(i for batch in full for i in batch) == list(range(24))

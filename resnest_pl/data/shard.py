@@ -14,9 +14,9 @@ The format is Lightning's ``litdata`` (its ``Cache`` writer and ``StreamingDatas
   each epoch). ``webdataset`` splits whole tar shards over nodes and workers (``split_by_node`` /
   ``split_by_worker``); ranks then get unequal numbers of samples, and the documented DDP recipe is resampling
   shards with ``with_epoch(n)``, which repeats and skips samples within an epoch.
-- Resume: ``litdata``'s position is a function of (seed, epoch, samples yielded, workers, batch size), which
-  the data module rebuilds from the batches the fit loop processed: a resumed run continues with the very next
-  batch. ``webdataset`` has no mid-epoch position to restore.
+- Resume: ``litdata``'s position is a function of (seed, epoch, samples yielded, workers, batch size, ranks),
+  which the data module rebuilds from the batches the fit loop processed: a resumed run continues with the very
+  next batch. ``webdataset`` has no mid-epoch position to restore.
 - Indexing: ``litdata`` keeps a global index per sample, which seeds its augmentations exactly as the file-based
   modules do (same order of files, same ``(seed, epoch, index)`` seeds), and reads any sample by index.
 - Both read local folders offline and ``s3://`` / ``gs://`` URLs; ``litdata`` caches remote chunks locally.

@@ -82,12 +82,14 @@ class ShardDataset(StreamingDataset):
 
 
 class TrainLoader(StreamingDataLoader):
-    """litdata's loader, with its position restored by :class:`ShardedDataModule` and not by Lightning.
+    """litdata's loader, with its position restored by :class:`ShardedDataModule` rather than by Lightning.
 
-    Lightning saves a stateful loader's ``state_dict`` with the checkpoint, but reads it after its fit loop has
-    prefetched the next batch: the saved position is one batch too far, and a resumed run would skip a batch. The
-    data module records the batches the loop has processed instead and rebuilds litdata's position from them
-    (:meth:`resume_at`); Lightning's copy is left empty.
+    Lightning saves a stateful loader's ``state_dict`` in the checkpoint and loads it back on resume. For this
+    loader that would be exact (it has a length, so Lightning's fit loop does not prefetch a batch ahead of the
+    one it trains on), but litdata's state names the shards' absolute path and cache folder and refuses to resume
+    from any other: shards moved, mounted elsewhere on another cluster or copied to object storage. The data
+    module records the epoch and the batches the fit loop has processed instead, as every data module here does,
+    and rebuilds litdata's position from them (:meth:`start_at`); Lightning's copy is left empty.
     """
 
     def state_dict(self) -> dict[str, Any]:
