@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +13,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from litdata.streaming import StreamingDataset
 from PIL import Image
+from pytorch_lightning.callbacks import Callback
 
 from resnest_pl.data import DatasetNotFoundError, ImageFolderDataModule, ShardedDataModule, convert_to_shards
 from resnest_pl.data import shard as shard_module
@@ -194,7 +198,7 @@ def _rank_orders(rank: int, shards: str, init_file: str, num_workers: int, queue
 
 def test_ddp_ranks_share_each_epoch_and_resume_mid_epoch(solid: Path, tmp_path: Path) -> None:
     """Two gloo processes: every training image exactly once per epoch across the ranks, a new order each epoch;
-    a loader restored after one batch of epoch 1 yields the rest of that epoch; val splits without padding."""
+    a loader restored after one batch of epoch 1 yields the rest of that epoch; val is split in halves."""
     context = mp.get_context("spawn")
     queue = context.Queue()
     args = (str(solid / "shards"), str(tmp_path / "init"), 0, queue)
@@ -213,7 +217,7 @@ def test_ddp_ranks_share_each_epoch_and_resume_mid_epoch(solid: Path, tmp_path: 
     assert epochs0[0] != epochs0[1]
     assert (resumed0, resumed1) == (epochs0[1][1:], epochs1[1][1:])
     assert (start0, start1) == (epochs0[1], epochs1[1])
-    assert val0 + val1 == 6
+    assert val0 == val1 == 3
 
 
 # ---- the CLI ----------------------------------------------------------------------------------------------------
@@ -270,3 +274,63 @@ def test_resume_with_workers_from_shards_moved_elsewhere(solid: Path, tmp_path: 
     shutil.copytree(solid / "shards", moved)
     assert epoch_one(moved, {"shuffle_seed": 0, "epoch": 1, "batches_done": 3}) == full[3:]
     assert sorted(i for batch in full for i in batch) == list(range(24))
+
+
+class RecordIdentities(Callback):
+    """Appends ``[epoch, global step, identities]`` of every training batch to ``<folder>/rank<N>.jsonl``, line by
+    line, so that a process killed mid-epoch leaves what it trained on."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, *_: object
+    ) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        line = [trainer.current_epoch, trainer.global_step, identities(batch[0])]  # type: ignore[index]
+        with open(self.folder / f"rank{trainer.global_rank}.jsonl", "a") as handle:
+            handle.write(json.dumps(line) + "\n")
+
+
+class KillJobAtStep(Callback):
+    """Rank 0 SIGKILLs its whole process group (both ranks and their loader workers) after optimizer step ``step``,
+    as a scheduler ends a job; a rank killed alone would leave the other failing in its next collective instead."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *_: object) -> None:
+        if trainer.global_step == self.step and trainer.global_rank == 0:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def recorded(folder: Path, rank: int) -> list[tuple[int, int, list[int]]]:
+    return [tuple(json.loads(line)) for line in (folder / f"rank{rank}.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_ddp_cli_killed_mid_epoch_resumes_without_repeating_or_skipping(solid: Path, tmp_path: Path) -> None:
+    """Two CPU processes through the CLI, killed after step 5 (epoch 1, 3 steps per epoch) and resumed from the
+    step-4 checkpoint: over both runs and both ranks, each epoch trains on every image exactly once."""
+
+    def ddp(run: str) -> list[str]:
+        probe = {"class_path": "tests.test_shards.RecordIdentities", "init_args": {"folder": str(tmp_path / run)}}
+        args = ["--config", str(CONFIGS / "trainer/cpu-ddp.yaml"), f"--trainer.callbacks+={json.dumps(probe)}"]
+        return [*args, "--data.color_jitter", "0", "--data.lighting", "0"]  # the red level names each image
+
+    save = ["--trainer.callbacks+=resnest_pl.checkpointing.LastCheckpoint", "--trainer.callbacks.every_n_train_steps"]
+    kill = ["--trainer.callbacks+=tests.test_shards.KillJobAtStep", "--trainer.callbacks.step", "5"]
+    killed = cli_fit(solid / "shards", tmp_path / "run", *ddp("killed"), *save, "2", *kill)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    resumed = cli_fit(solid / "shards", tmp_path / "run", *ddp("resumed"), *save, "2", "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for epoch in range(2):
+        trained = []
+        for rank in range(2):
+            # Batches the killed run trained on after its last checkpoint (step 4) are redone by the resumed run.
+            kept = [ids for e, step, ids in recorded(tmp_path / "killed", rank) if e == epoch and step < 4]
+            kept += [ids for e, _, ids in recorded(tmp_path / "resumed", rank) if e == epoch]
+            assert len(kept) == 3, (rank, epoch, kept)
+            trained += [i for ids in kept for i in ids]
+        assert sorted(trained) == list(range(24)), epoch

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from litdata.streaming import StreamingDataLoader, StreamingDataset
 from litdata.streaming.sampler import ChunkedIndex
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from . import transforms
 from .base import ImageDataModule, Split, as_triplet
@@ -60,12 +62,15 @@ class ShardDataset(StreamingDataset):
         return decode_image(np.frombuffer(item["image"], dtype=np.uint8), self.min_source_side)
 
     def __getitem__(self, index: Any) -> Sample | Replacement | None:
-        if not isinstance(index, ChunkedIndex):  # ints, slices and keys: the stored samples, as litdata gives them
+        """The sample at a ``ChunkedIndex`` (streaming) or an int (:class:`EvalSamples`); the stored dict for anything
+        else (slices, keys)."""
+        if not isinstance(index, ChunkedIndex | int):
             return super().__getitem__(index)
         item = super().__getitem__(index)
+        position = index.index if isinstance(index, ChunkedIndex) else index
         if self.seed_augmentations:
             # litdata counts epochs from 1 (its loader increments before each one); Lightning from 0.
-            self.image_transform.reseed(sample_seed(self.seed, self.current_epoch - 1, index.index))
+            self.image_transform.reseed(sample_seed(self.seed, self.current_epoch - 1, position))
         image = self._decode(item)
         if image is not None:
             return self.image_transform(image), int(item["target"])
@@ -74,11 +79,41 @@ class ShardDataset(StreamingDataset):
             return None
         total = self.num_samples
         for step in range(1, total):
-            other = super().__getitem__((index.index + step) % total)
+            other = super().__getitem__((position + step) % total)
             image = self._decode(other)
             if image is not None:
                 return self.image_transform(image), int(other["target"]), 1
         raise ValueError(f"none of the {total} images of {self.input_dir.path} can be read, e.g. {item['path']}")
+
+
+class EvalSamples(Dataset):
+    """A split of the shards read by index (map-style), for evaluation: litdata's own split over ranks gives the
+    last rank the remainder, and DDP needs the same number of batches on every rank (evaluation broadcasts
+    buffers at each step)."""
+
+    def __init__(self, shards: ShardDataset) -> None:
+        self.shards = shards
+
+    def __len__(self) -> int:
+        return self.shards.num_samples
+
+    def __getitem__(self, index: int) -> Sample | None:
+        return self.shards[int(index)]  # type: ignore[return-value]
+
+
+class ContiguousSampler(DistributedSampler):
+    """Each rank one contiguous block of ``ceil(N / ranks)`` indices, in order, so that a rank reads whole chunks
+    (each chunk is read, or downloaded, by one rank only). As torch's ``DistributedSampler`` (of which this is a
+    subclass, so Lightning leaves it in place), the blocks are padded with the split's first indices to the same
+    length: with ``N`` not a multiple of the ranks, fewer than ``ranks`` samples are evaluated twice."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+
+    def __iter__(self) -> Iterator[int]:
+        total = len(self.dataset)  # type: ignore[arg-type]
+        start = self.rank * self.num_samples
+        return iter([index % total for index in range(start, start + self.num_samples)])
 
 
 class TrainLoader(StreamingDataLoader):
@@ -127,10 +162,11 @@ class ShardedDataModule(ImageDataModule):
     Under DDP each rank gets the same whole number of batches from one shuffled order: every sample is drawn at
     most once per epoch, and exactly once but for fewer than ``world_size x batch_size`` samples at the end of
     that order, different ones each epoch (with ``drop_last`` false and one process, every sample, the last batch
-    smaller). Val and test are read in order and split over the ranks without padding or dropping: each sample
-    is evaluated exactly once. A fit resumed from a mid-epoch checkpoint continues with the very next batch, as
-    long as ``batch_size``, ``num_workers`` and the number of processes are those of the interrupted run (the
-    order depends on them).
+    smaller). Val and test give each rank one contiguous block of the split, in order (:class:`ContiguousSampler`):
+    every sample is evaluated once, but for fewer than ``world_size`` samples evaluated twice to pad the blocks to
+    the same length, as torch's ``DistributedSampler`` pads the file modules' splits. A fit resumed from a
+    mid-epoch checkpoint continues with the very next batch, as long as ``batch_size``, ``num_workers`` and the
+    number of processes are those of the interrupted run (the order depends on them).
 
     The crop, augmentation and loader arguments are ImageFolderDataModule's and documented there.
 
@@ -222,17 +258,24 @@ class ShardedDataModule(ImageDataModule):
         self._resume_at = None
         return loader
 
-    def val_dataloader(self) -> StreamingDataLoader:  # type: ignore[override]
-        return StreamingDataLoader(self.dataset("val"), **self._loader_options(self.eval_crop_size, drop_last=False))
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
 
-    def test_dataloader(self) -> StreamingDataLoader:  # type: ignore[override]
-        return StreamingDataLoader(self.dataset("test"), **self._loader_options(self.eval_crop_size, drop_last=False))
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def _eval_loader(self, split: Split) -> DataLoader:
+        trainer = self.trainer
+        samples = EvalSamples(self.dataset(split))  # type: ignore[arg-type]
+        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        sampler = ContiguousSampler(samples, num_replicas=world_size, rank=rank)
+        return DataLoader(samples, sampler=sampler, **self._loader_options(self.eval_crop_size, drop_last=False))
 
     def _loader_options(self, crop: int, drop_last: bool) -> dict[str, Any]:
         return dict(
             batch_size=self.batch_size,
-            # Also litdata's split over ranks: with False, the last rank takes the remainder (evaluation: each
-            # sample exactly once); with True, every rank the same whole number of batches.
+            # For the training loader also litdata's split over ranks: with True, every rank the same whole number
+            # of batches; with False, the last rank takes the remainder (one process only: DDP would stall).
             drop_last=drop_last,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available() if self.pin_memory is None else self.pin_memory,
