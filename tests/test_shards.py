@@ -35,16 +35,16 @@ STEP = 10  # grey-level step between the solid-colour images
 
 def write_solid_tree(root: Path) -> Path:
     """``train/<wnid>/`` with 8 solid-colour JPEGs per class and ``val/<wnid>/`` with 2: the red level of an image
-    names it (``STEP * position``), whatever crop or flip the training pipeline draws."""
-    position = 0
+    names it (``STEP *`` its position in its split), whatever crop or flip the training pipeline draws."""
     for split, count in (("train", PER_CLASS), ("val", 2)):
+        position = 0
         for name in WNIDS:
             folder = root / split / name
             folder.mkdir(parents=True)
             for i in range(count):
-                red = STEP * position if split == "train" else 128
-                Image.fromarray(np.full((30, 40, 3), (red, 40, 200), np.uint8)).save(folder / f"{i}.JPEG", quality=95)
-                position += split == "train"
+                colour = (STEP * position, 40, 200)
+                Image.fromarray(np.full((30, 40, 3), colour, np.uint8)).save(folder / f"{i}.JPEG", quality=95)
+                position += 1
     return root
 
 
@@ -190,8 +190,9 @@ def _rank_orders(rank: int, shards: str, init_file: str, num_workers: int, queue
     resumed = [identities(b[0]) for b in loader({"shuffle_seed": 0, "epoch": 1, "batches_done": 1})]
     at_epoch_start = [identities(b[0]) for b in loader(epoch=1)]
     module = ShardedDataModule(shards, **options)
+    module.trainer = SimpleNamespace(world_size=2, global_rank=rank)  # type: ignore[assignment]
     module.setup("validate")
-    val = sum(len(b[0]) for b in module.val_dataloader())
+    val = [i for b in module.val_dataloader() for i in identities(b[0])]
     queue.put((rank, epochs, resumed, at_epoch_start, val))
     dist.destroy_process_group()
 
@@ -217,7 +218,7 @@ def test_ddp_ranks_share_each_epoch_and_resume_mid_epoch(solid: Path, tmp_path: 
     assert epochs0[0] != epochs0[1]
     assert (resumed0, resumed1) == (epochs0[1][1:], epochs1[1][1:])
     assert (start0, start1) == (epochs0[1], epochs1[1])
-    assert val0 == val1 == 3
+    assert (val0, val1) == ([0, 1, 2], [3, 4, 5])  # in order, one half each
 
 
 # ---- the CLI ----------------------------------------------------------------------------------------------------
