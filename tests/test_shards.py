@@ -23,7 +23,7 @@ from pytorch_lightning.callbacks import Callback
 
 from resnest_pl.data import DatasetNotFoundError, ImageFolderDataModule, ShardedDataModule, convert_to_shards
 from resnest_pl.data import shard as shard_module
-from resnest_pl.data.resumable import SeededSamples, sample_seed
+from resnest_pl.data.resumable import sample_seed
 
 from .cli_config import parsed_config
 from .fixtures import WNIDS, write_broken_images, write_jpeg_tree
@@ -83,8 +83,8 @@ def test_converter_keeps_the_bytes_order_and_classes_of_the_folder_module(tmp_pa
 
 
 def test_batches_equal_the_folder_modules(solid: Path) -> None:
-    """Val batches are ImageFolderDataModule's to the bit; each training image gets the augmentations the folder
-    module gives the same image for the same (seed, epoch, index)."""
+    """Val batches are ImageFolderDataModule's to the bit; a training epoch holds every image once, shuffled, in
+    full batches with the folder module's samples and targets."""
     # Without colour noise, so that the red level still names each image; crop and flip are drawn.
     options = dict(crop_size=32, eval_crop_size=24, batch_size=4, num_workers=0, color_jitter=0.0, lighting=0.0)
     sharded = ShardedDataModule(str(solid / "shards"), **options)
@@ -98,11 +98,33 @@ def test_batches_equal_the_folder_modules(solid: Path) -> None:
     assert len(batches) == 6 and all(b[0].shape == (4, 3, 32, 32) and int(b[2]) == 0 for b in batches)
     order = [i for images, _, _ in batches for i in identities(images)]
     assert sorted(order) == list(range(24)) and order != list(range(24))  # each once, shuffled
-    reference = SeededSamples(folder.dataset("train"))
+    reference = folder.dataset("train")
     for images, targets, _ in batches[:2]:
         for image, target, index in zip(images, targets, identities(images), strict=True):
-            expected, expected_target = reference[(index, sample_seed(0, 0, index))]
+            reference.transform.reseed(sample_seed(0, 0, index))  # as the folder module's resumable sampler does
+            expected, expected_target = reference[index]
             assert torch.equal(image, expected) and int(target) == expected_target
+
+
+def test_each_training_image_gets_the_folder_modules_augmentations(tmp_path: Path) -> None:
+    """Full augmentations (RandAugment, crop, flip, colour jitter, lighting) on real-looking images: for a run seed
+    and an epoch, sample i of the shards is sample i of the folder module, seeded the same way."""
+    images = write_jpeg_tree(tmp_path / "images", {"train": 3, "val": 1})
+    convert_to_shards(images, tmp_path / "shards")
+    options = dict(crop_size=24, auto_augment="randaugment", num_workers=0)
+    sharded = ShardedDataModule(str(tmp_path / "shards"), **options)
+    sharded._shuffle_seed = 7  # the run seed, as train_dataloader takes it from seed_everything or a checkpoint
+    shards = sharded.build_dataset("train")
+    reference = ImageFolderDataModule(str(images), **options).dataset("train")
+    drawn = {}
+    for epoch in (0, 2):
+        shards.set_epoch(epoch + 1)  # litdata counts epochs from 1
+        for index in range(9):
+            drawn[epoch, index], target = shards[index]
+            reference.transform.reseed(sample_seed(7, epoch, index))
+            expected, expected_target = reference[index]
+            assert torch.equal(drawn[epoch, index], expected) and target == expected_target, (epoch, index)
+    assert not torch.equal(drawn[0, 0], drawn[2, 0])  # a new draw each epoch
 
 
 def test_unreadable_training_images_are_replaced_and_counted(tmp_path: Path) -> None:
