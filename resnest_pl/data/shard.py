@@ -42,8 +42,9 @@ import logging
 import os
 import shutil
 import sys
+from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +74,15 @@ def read_bytes(path: str) -> bytes:
 
 
 def _read_in_order(files: Sequence[str], threads: int) -> Iterator[bytes]:
+    """The files' bytes in order, read by ``threads`` threads up to ``_READ_AHEAD`` files ahead of the caller."""
     with ThreadPoolExecutor(threads) as pool:
-        for start in range(0, len(files), _READ_AHEAD):
-            yield from pool.map(read_bytes, files[start : start + _READ_AHEAD])
+        pending: deque[Future[bytes]] = deque()
+        for path in files:
+            pending.append(pool.submit(read_bytes, path))
+            if len(pending) >= _READ_AHEAD:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def write_split(
