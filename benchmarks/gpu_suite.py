@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("train", "infer", "e2e", "check")
 LAYOUTS = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last}
 QUICKSTART_ACC1 = 0.98
-CLI_NEEDS = ("albumentations", "cv2", "jsonargparse", "sklearn")
+CLI_NEEDS = ("albumentations", "cv2", "jsonargparse", "sklearn", "litdata")
 # Tiny stand-ins for --smoke: the quick start's ResNeSt-14 at quarter width.
 TINY = {"width_multiplier": 0.25, "stem_width": 8, "min_attn_channels": 8}
 

@@ -14,6 +14,8 @@ from .errors import DataLayoutError, DatasetNotFoundError
 from .folder import IMAGE_EXTENSIONS, find_images, scan_class_folders
 from .image_folder import ImageFolderDataModule
 from .imagenet import ImageNetDataModule
+from .shard import convert as convert_to_shards
+from .sharded import ShardedDataModule
 from .split import stratified_split
 from .transforms import (
     IMAGENET_MEAN,
@@ -39,7 +41,9 @@ __all__ = [
     "ImageFolderDataModule",
     "ImageNetDataModule",
     "ImageTransform",
+    "ShardedDataModule",
     "SkipUnreadable",
+    "convert_to_shards",
     "decode_image",
     "eval_transform",
     "find_images",
