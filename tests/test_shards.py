@@ -182,7 +182,7 @@ def test_an_interrupted_conversion_never_loads_as_complete(tmp_path: Path, monke
 
 def test_the_shards_config_swaps_the_data_module_and_keeps_the_recipe() -> None:
     recipe = ["--config", str(CONFIGS / "imagenet/resnest101.yaml")]
-    config = parsed_config(*recipe, "--config", str(CONFIGS / "imagenet/shards.yaml"))
+    config = parsed_config(*recipe, "--config", str(CONFIGS / "data/shards.yaml"))
     files = parsed_config(*recipe).data.init_args
     assert config.data.class_path == "resnest_pl.data.ShardedDataModule"
     args = config.data.init_args
