@@ -203,10 +203,10 @@ class CIFAR10DataModule(ImageDataModule):
         return self._arrays[train]
 
     def train_transform(self) -> ImageTransform:
-        return transforms.pad_crop_train_transform(32, padding=4, flip=True, mean=self.mean, std=self.std)
+        return transforms.pad_crop_train_transform(32, padding=4, flip=True)
 
     def eval_transform(self) -> ImageTransform:
-        return transforms.eval_transform(32, crop_pct=1.0, interpolation="bilinear", mean=self.mean, std=self.std)
+        return transforms.eval_transform(32, crop_pct=1.0, interpolation="bilinear")
 
     def build_dataset(self, split: Split) -> Dataset:
         from_train = split == "train" or (split == "val" and self.val_fraction > 0)

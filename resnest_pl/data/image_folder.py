@@ -41,7 +41,7 @@ class ImageFolderDataModule(ImageDataModule):
             before the random crop. Training resizes as the recipe does (bicubic from 320 pixels, else bilinear).
         color_jitter: brightness, contrast and saturation jitter; 0 disables.
         lighting: standard deviation of the PCA lighting noise; 0 disables.
-        mean: per-channel normalisation mean (RGB, 0-1 scale).
+        mean: per-channel normalisation mean (RGB, 0-1 scale), applied on the device by the module.
         std: per-channel normalisation std.
 
     The three evaluation settings default to None: the CLI sets them to the model's published ones (how its
@@ -115,12 +115,10 @@ class ImageFolderDataModule(ImageDataModule):
         return "move them into one sub-folder per class"
 
     def train_transform(self) -> ImageTransform:
-        return transforms.imagenet_train_transform(
-            self.crop_size, self.auto_augment, self.color_jitter, self.lighting, self.mean, self.std
-        )
+        return transforms.imagenet_train_transform(self.crop_size, self.auto_augment, self.color_jitter, self.lighting)
 
     def eval_transform(self) -> ImageTransform:
-        return transforms.eval_transform(self.eval_crop_size, self.crop_pct, self.interpolation, self.mean, self.std)
+        return transforms.eval_transform(self.eval_crop_size, self.crop_pct, self.interpolation)
 
     def files(self, split: Split) -> tuple[list[str], list[int]]:
         """Image paths and class indices of ``split``."""
