@@ -61,7 +61,7 @@ def write_jpegs(folder: Path, count: int, seed: int = 0) -> list[str]:
 def images_per_second(dataset: Dataset, batch_size: int) -> float:
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=0)
     start = time.perf_counter()
-    count = sum(len(batch[0]) for batch in loader)
+    count = sum(len(targets) for _, targets in loader)  # images may be (pixels, lighting shifts) pairs
     return count / (time.perf_counter() - start)
 
 

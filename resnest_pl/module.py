@@ -256,7 +256,7 @@ class ResNeStClassifier(pl.LightningModule):
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         self._mix_seed = 0
-        self._normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # the data's (mean, std)
+        self._normalization: tuple[torch.Tensor, torch.Tensor] | None = None  # the data's (mean, std)
         self._rng_to_restore: dict[str, torch.Tensor] | None = None
         # Names of the classifier's outputs: from the data module at setup, from the checkpoint once one loads.
         self.class_names: list[str] | None = None
@@ -284,7 +284,9 @@ class ResNeStClassifier(pl.LightningModule):
                 f"{self.hparams.num_classes}; set model.num_classes={data_classes}"
             )
         mean, std = (getattr(self.trainer.datamodule, key, None) for key in ("mean", "std"))
-        self._normalization = (tuple(mean), tuple(std)) if mean is not None and std is not None else None
+        self._normalization = None
+        if mean is not None and std is not None:
+            self._normalization = (torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32))
         names = getattr(self.trainer.datamodule, "class_names", None)
         if names and len(names) == self.hparams.num_classes:
             self.class_names = list(names)
@@ -345,8 +347,11 @@ class ResNeStClassifier(pl.LightningModule):
                 "the batches hold uint8 pixels but there is no data module with mean and std to normalise them; "
                 "pass datamodule=... to the trainer, or yield normalised float images"
             )
+        mean, std = self._normalization
+        if mean.device != images.device:  # moved once: a copy per batch from pageable memory would sync the GPU
+            self._normalization = mean, std = mean.to(images.device), std.to(images.device)
         shift = batch[3] if len(batch) > 3 else None
-        images = normalize(images, *self._normalization, pixel_shift=shift)
+        images = normalize(images, mean, std, pixel_shift=shift)
         return (images, *batch[1:3])
 
     @staticmethod

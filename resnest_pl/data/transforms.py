@@ -75,24 +75,25 @@ def _process_seed() -> int:
 
 def normalize(
     images: torch.Tensor,
-    mean: Sequence[float],
-    std: Sequence[float],
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
     pixel_shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``uint8`` ``(N, 3, H, W)`` images as float32 ``(images / 255 + pixel_shift - mean) / std``, on their device.
 
     Args:
         images: RGB pixels in 0..255, as the data modules' loaders yield them.
-        mean: per-channel mean, in 0-1 pixel units.
-        std: per-channel standard deviation, in 0-1 pixel units.
+        mean: per-channel mean, in 0-1 pixel units. Pass a tensor already on the images' device in a training
+            loop: building one from a list copies it from pageable memory, which waits for the GPU's stream.
+        std: per-channel standard deviation, in 0-1 pixel units (the same).
         pixel_shift: float ``(N, 3)`` per-image RGB offsets in 0-1 pixel units (the PCA lighting noise of a
             training batch, see :class:`PCALighting`), or None.
     """
     if images.dtype != torch.uint8:
         raise TypeError(f"normalize expects uint8 images (the loaders' pixels), got {images.dtype}")
     device = images.device
-    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    offset = -torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    offset = -torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     if pixel_shift is not None:
         offset = offset + pixel_shift.to(device=device, dtype=torch.float32).view(-1, 3, 1, 1)
     # One multiply-add over the pixels: x * (1 / (255 std)) + (shift - mean) / std.
@@ -204,7 +205,7 @@ class PCALighting(A.ImageOnlyTransform):
         alpha = self.params.get("alpha")
         if alpha is None:
             return torch.zeros(3, dtype=torch.float32)
-        return torch.from_numpy(IMAGENET_PCA_EIGVEC @ (alpha * IMAGENET_PCA_EIGVAL)).float()
+        return torch.tensor(IMAGENET_PCA_EIGVEC @ (alpha * IMAGENET_PCA_EIGVAL), dtype=torch.float32)
 
 
 def _auto_augment(name: AutoAugmentName) -> list[A.BasicTransform]:
