@@ -1,8 +1,9 @@
 """Images per second of one loader worker: our ImageNet training pipeline vs torchvision's PIL equivalent.
 
-Both decode the same JPEGs and apply random-resized crop, horizontal flip, colour jitter 0.4, to-tensor and
-normalisation in a DataLoader with ``num_workers=0`` and one thread (a worker's setting), interleaved over
-repetitions; the table gives medians. Without ``--images`` it writes ImageNet-sized JPEGs (~500x375) to a
+Both decode the same JPEGs and apply random-resized crop, horizontal flip, colour jitter 0.4 and conversion to a
+``uint8`` tensor (the loaders ship raw pixels; normalisation happens on the device, after the copy) in a
+DataLoader with ``num_workers=0`` and one thread (a worker's setting), interleaved over repetitions; the table
+gives medians. Without ``--images`` it writes ImageNet-sized JPEGs (~500x375) to a
 temporary folder first.
 
     python benchmarks/data_speed.py [--images DIR] [--count 64] [--repeats 7] [--crop 224]
@@ -24,7 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as tv
 
-from resnest_pl.data import IMAGENET_MEAN, IMAGENET_STD, ImageFileDataset, find_images, imagenet_train_transform
+from resnest_pl.data import ImageFileDataset, find_images, imagenet_train_transform
 
 
 class PILDataset(Dataset):
@@ -60,7 +61,7 @@ def write_jpegs(folder: Path, count: int, seed: int = 0) -> list[str]:
 def images_per_second(dataset: Dataset, batch_size: int) -> float:
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=0)
     start = time.perf_counter()
-    count = sum(len(batch[0]) for batch in loader)
+    count = sum(len(targets) for _, targets in loader)  # images may be (pixels, lighting shifts) pairs
     return count / (time.perf_counter() - start)
 
 
@@ -83,8 +84,7 @@ def main() -> None:
                 tv.RandomResizedCrop(args.crop),
                 tv.RandomHorizontalFlip(),
                 tv.ColorJitter(0.4, 0.4, 0.4),
-                tv.ToTensor(),
-                tv.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+                tv.PILToTensor(),
             ]
         )
         pipelines = {

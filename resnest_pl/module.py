@@ -6,6 +6,7 @@ import functools
 import importlib
 import itertools
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,6 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from .data.transforms import normalize
 from .mixing import BatchMixer
 from .models import IncompatibleCheckpointError, create_model, describe_model, same_architecture
 from .models.weights import state_mismatch
@@ -41,6 +43,9 @@ DATA_FIELDS = (
     "std",
     "batch_size",
 )
+
+# Lightning warns whenever a module overrides this hook and a data module is passed; normalising there is the plan.
+warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer` in `LightningModule` but")
 
 # Parameters of these layers are never weight-decayed (the paper decays conv and linear weights only).
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
@@ -257,7 +262,9 @@ class ResNeStClassifier(pl.LightningModule):
     """Image classification with a ResNeSt backbone and the paper's training recipe.
 
     Batches are ``(images, targets)`` or ``(images, targets, num_skipped)`` for fit/validate/test and
-    ``(images, indices)`` for predict.
+    ``(images, indices)`` for predict. ``uint8`` images (the data modules', see ``ImageDataModule``) are
+    normalised on the device in :meth:`on_after_batch_transfer` with the data module's ``mean`` and ``std``;
+    float images are taken as already normalised.
 
     Args:
         model_name: a name from ``resnest_pl.models.list_models()``.
@@ -336,6 +343,7 @@ class ResNeStClassifier(pl.LightningModule):
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         self._mix_seed = 0
+        self._normalization: tuple[torch.Tensor, torch.Tensor] | None = None  # the data's (mean, std)
         self._rng_to_restore: dict[str, torch.Tensor] | None = None
         # Names of the classifier's outputs: from the data module at setup, from the checkpoint once one loads.
         self.class_names: list[str] | None = None
@@ -362,6 +370,10 @@ class ResNeStClassifier(pl.LightningModule):
                 f"the data has {data_classes} classes but the model was built with num_classes="
                 f"{self.hparams.num_classes}; set model.num_classes={data_classes}"
             )
+        mean, std = (getattr(self.trainer.datamodule, key, None) for key in ("mean", "std"))
+        self._normalization = None
+        if mean is not None and std is not None:
+            self._normalization = (torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32))
         names = getattr(self.trainer.datamodule, "class_names", None)
         if names and len(names) == self.hparams.num_classes:
             self.class_names = list(names)
@@ -411,6 +423,28 @@ class ResNeStClassifier(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
     # ---- steps -------------------------------------------------------------------------------------------
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Normalise ``uint8`` images on the device: ``(images / 255 + pixel_shift - mean) / std``.
+
+        The loaders ship raw pixels (a quarter of float32's bytes; Lightning copies pinned batches with
+        ``non_blocking=True``), plus, in training with PCA lighting, a fourth element ``pixel_shift``, consumed
+        here. Mixing follows in ``training_step``, on the normalised images.
+        """
+        images = batch[0]
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+            return batch
+        if self._normalization is None:
+            raise ValueError(
+                "the batches hold uint8 pixels but there is no data module with mean and std to normalise them; "
+                "pass datamodule=... to the trainer, or yield normalised float images"
+            )
+        mean, std = self._normalization
+        if mean.device != images.device:  # moved once: a copy per batch from pageable memory would sync the GPU
+            self._normalization = mean, std = mean.to(images.device), std.to(images.device)
+        shift = batch[3] if len(batch) > 3 else None
+        images = normalize(images, mean, std, pixel_shift=shift)
+        return (images, *batch[1:3])
 
     @staticmethod
     def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

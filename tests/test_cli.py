@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from resnest_pl.cli import main
-from resnest_pl.data import DigitsDataModule
+from resnest_pl.data import DigitsDataModule, normalize
 from resnest_pl.data.decode import read_image
 from resnest_pl.module import ResNeStClassifier
 
@@ -128,7 +128,7 @@ def test_fit_validate_test_predict_chain(tmp_path: Path, capsys) -> None:
     data = DigitsDataModule(image_size=32, batch_size=64, num_workers=0)  # the quick start's data
     data.setup("test")
     with torch.no_grad():
-        batches = [(model(images), targets) for images, targets, _ in data.test_dataloader()]
+        batches = [(model(normalize(x, data.mean, data.std)), y) for x, y, _ in data.test_dataloader()]
     logits, targets = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     code, err = run_cli(quickstart(tmp_path, "--ckpt_path", str(best), subcommand="test"), capsys)
     assert code == 0, err
@@ -152,7 +152,8 @@ def test_fit_validate_test_predict_chain(tmp_path: Path, capsys) -> None:
     transform = data.eval_transform()
     for row in rows:
         with torch.no_grad():
-            probs = model(transform(read_image(row["path"]))[None]).softmax(dim=1)[0]
+            pixels = transform(read_image(row["path"]))[None]
+            probs = model(normalize(pixels, data.mean, data.std)).softmax(dim=1)[0]
         top_probs, top_classes = probs.topk(5)
         assert [row[f"top{k}_class"] for k in range(1, 6)] == [data.class_names[c] for c in top_classes], row["path"]
         written = [float(row[f"top{k}_prob"]) for k in range(1, 6)]

@@ -10,7 +10,7 @@ import torch
 import torchvision.datasets.cifar as tv_cifar
 from PIL import Image
 
-from resnest_pl.data import CIFAR10DataModule, CIFAR100DataModule, DatasetNotFoundError
+from resnest_pl.data import CIFAR10DataModule, CIFAR100DataModule, DatasetNotFoundError, normalize
 from resnest_pl.data.cifar import CIFAR10_CLASSES
 
 from .fixtures import PER_BATCH, write_cifar10, write_cifar100
@@ -36,7 +36,7 @@ def test_cifar10_setup_stages(tmp_path, skip_md5, stage):
     dm.setup(stage)
     loader = {"fit": dm.train_dataloader, "validate": dm.val_dataloader, "test": dm.test_dataloader}[stage]()
     images, targets, skipped = next(iter(loader))
-    assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
+    assert images.shape == (4, 3, 32, 32) and images.dtype == torch.uint8
     assert targets.dtype == torch.int64 and skipped.dtype == torch.int64 and skipped.item() == 0
     assert len(loader.dataset) == (5 * PER_BATCH if stage == "fit" else 12)
 
@@ -46,8 +46,10 @@ def test_cifar10_eval_batches_are_the_normalised_test_images(tmp_path, skip_md5)
     dm = CIFAR10DataModule(root=str(tmp_path), batch_size=12, num_workers=0)
     dm.setup("test")
     images, targets, _ = next(iter(dm.test_dataloader()))
+    assert torch.equal(images[0], torch.from_numpy(test[0].reshape(3, 32, 32)))
     expected = (test[0].reshape(3, 32, 32) / 255 - np.array(dm.mean)[:, None, None]) / np.array(dm.std)[:, None, None]
-    assert torch.allclose(images[0], torch.tensor(expected, dtype=torch.float32), atol=1e-5)
+    normalised = normalize(images, dm.mean, dm.std)
+    assert torch.allclose(normalised[0], torch.tensor(expected, dtype=torch.float32), atol=1e-5)
     assert targets.tolist() == [j % 10 for j in range(12)]
 
 

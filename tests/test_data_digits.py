@@ -9,7 +9,7 @@ from jsonargparse import ArgumentParser
 from PIL import Image
 from torch import nn
 
-from resnest_pl.data import DigitsDataModule, ImageNetDataModule
+from resnest_pl.data import DigitsDataModule, ImageNetDataModule, normalize
 from resnest_pl.data.digits import digits_images
 
 
@@ -20,7 +20,7 @@ def test_digits_attributes_shapes_and_dtypes():
     assert dm.mean[0] == dm.mean[1] == dm.mean[2] and 0 < dm.mean[0] < 0.5 and 0.2 < dm.std[0] < 0.6
     for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
         images, targets, skipped = next(iter(loader))
-        assert images.shape == (16, 3, 32, 32) and images.dtype == torch.float32
+        assert images.shape == (16, 3, 32, 32) and images.dtype == torch.uint8
         assert targets.dtype == torch.int64 and skipped.item() == 0
     assert torch.equal(images[:, 0], images[:, 2])  # grey in three channels
 
@@ -58,12 +58,14 @@ def test_digits_batches_carry_learnable_labels():
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(3):
         for images, targets, _ in dm.train_dataloader():
-            loss = nn.functional.cross_entropy(model(images), targets)
+            loss = nn.functional.cross_entropy(model(normalize(images, dm.mean, dm.std)), targets)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
     with torch.no_grad():
-        correct = sum(int((model(x).argmax(1) == y).sum()) for x, y, _ in dm.val_dataloader())
+        correct = sum(
+            int((model(normalize(x, dm.mean, dm.std)).argmax(1) == y).sum()) for x, y, _ in dm.val_dataloader()
+        )
     assert correct / len(dm.val_indices) > 0.85
 
 
@@ -77,7 +79,8 @@ class TinyClassifier(pl.LightningModule):
         images, targets = batch[0], batch[1]
         assert len(batch) == 3 and batch[2].dtype == torch.int64
         self.seen[stage] = self.seen.get(stage, 0) + len(targets)
-        return nn.functional.cross_entropy(self.net(images), targets)
+        assert images.dtype == torch.uint8  # normalising is the model's job (ResNeStClassifier does it)
+        return nn.functional.cross_entropy(self.net(images.float()), targets)
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")
@@ -90,7 +93,7 @@ class TinyClassifier(pl.LightningModule):
 
     def predict_step(self, batch, batch_idx):
         images, indices = batch
-        return indices, self.net(images).argmax(1)
+        return indices, self.net(images.float()).argmax(1)
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)

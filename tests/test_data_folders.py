@@ -37,20 +37,21 @@ def test_imagenet_stages_and_batch_format(imagenet, tmp_path):
         str(imagenet), crop_size=64, eval_crop_size=72, batch_size=4, num_workers=0, predict_paths=str(predict_dir)
     )
     dm.setup("fit")
-    images, targets, skipped = first_batch(dm.train_dataloader())
-    assert images.shape == (4, 3, 64, 64) and images.dtype == torch.float32
+    images, targets, skipped, pixel_shift = first_batch(dm.train_dataloader())
+    assert images.shape == (4, 3, 64, 64) and images.dtype == torch.uint8
+    assert pixel_shift.shape == (4, 3) and pixel_shift.dtype == torch.float32  # PCA lighting, added on the device
     assert targets.dtype == torch.int64 and set(targets.tolist()) <= {0, 1, 2}
     assert skipped.shape == () and skipped.item() == 0
     assert len(dm.train_dataloader()) == 3  # 12 images, drop_last
     dm.setup("validate")
     images, targets, _ = first_batch(dm.val_dataloader())
-    assert images.shape == (4, 3, 72, 72)
+    assert images.shape == (4, 3, 72, 72) and images.dtype == torch.uint8
     assert targets.tolist() == [0, 0, 1, 1]  # sorted, not shuffled
     dm.setup("test")
     assert len(dm.test_dataloader().dataset) == 6  # test is val
     dm.setup("predict")
     images, indices = first_batch(dm.predict_dataloader())
-    assert images.shape == (3, 3, 72, 72) and indices.tolist() == [0, 1, 2]
+    assert images.shape == (3, 3, 72, 72) and images.dtype == torch.uint8 and indices.tolist() == [0, 1, 2]
     assert [Path(p).name for p in dm.predict_files] == [f"to_predict_{i}.JPEG" for i in range(3)]
 
 
@@ -121,7 +122,7 @@ def test_corrupt_training_images_are_replaced_in_worker_processes(imagenet):
         (imagenet / "train" / WNIDS[1] / f"broken{i}.JPEG").write_bytes(b"garbage")
     dm = ImageNetDataModule(str(imagenet), crop_size=32, batch_size=14, num_workers=1, drop_last=False)
     dm.setup("fit")
-    ((images, targets, skipped),) = list(dm.train_dataloader())
+    ((images, targets, skipped, _),) = list(dm.train_dataloader())
     assert skipped.item() == 2 and images.shape == (14, 3, 32, 32) and len(targets) == 14
 
 
@@ -141,7 +142,7 @@ def test_unreadable_training_image_is_replaced_by_the_next_readable_one(tmp_path
     assert [s[1] for s in samples] == [0, 1, 1, 1] and samples[1][2] == samples[2][2] == 1
     assert [r.args[0] for r in caplog.records] == [str(p) for p in broken]
     collate = dm.train_dataloader().collate_fn
-    images, targets, skipped = collate([samples[1], samples[2]])  # a batch of only unreadable files
+    images, targets, skipped, _ = collate([samples[1], samples[2]])  # a batch of only unreadable files
     assert images.shape == (2, 3, 16, 16) and targets.tolist() == [1, 1] and skipped.item() == 2
     assert collate([samples[0], samples[3]])[2].item() == 0
 
@@ -167,6 +168,7 @@ def test_evaluation_drops_unreadable_images_even_a_whole_batch(tmp_path):
     batches = list(dm.val_dataloader())
     assert [int(b[2]) for b in batches] == [0, 1]
     assert batches[1][0].shape == (0, 3, 16, 16) and batches[1][1].shape == (0,)
+    assert batches[1][0].dtype == batches[0][0].dtype == torch.uint8
 
 
 def test_image_folder_train_val_test_layout(tmp_path):
@@ -180,8 +182,7 @@ def test_image_folder_train_val_test_layout(tmp_path):
     assert [len(dm.dataset(s)) for s in ("train", "val", "test")] == [6, 4, 2]
     images, targets, _ = first_batch(dm.test_dataloader())
     assert images.shape == (2, 3, 56, 56) and targets.tolist() == [0, 1]
-    normalise = next(t for t in dm.eval_transform().pipeline.transforms if isinstance(t, A.Normalize))
-    assert tuple(normalise.mean) == (0.5, 0.5, 0.5) and tuple(normalise.std) == (0.25, 0.25, 0.25)
+    assert dm.mean == (0.5, 0.5, 0.5) and dm.std == (0.25, 0.25, 0.25)  # normalised on the device
 
 
 @pytest.mark.parametrize("inside_train", [False, True])

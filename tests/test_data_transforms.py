@@ -1,4 +1,5 @@
-"""Transform pipelines: crop sizes, interpolation, augmentation choice, normalisation, per-worker seeding."""
+"""Transform pipelines: crop sizes, interpolation, augmentation choice, uint8 output, normalisation, lighting,
+per-worker seeding."""
 
 import albumentations as A
 import cv2
@@ -14,6 +15,7 @@ from resnest_pl.data import (
     ArrayDataset,
     eval_transform,
     imagenet_train_transform,
+    normalize,
     pad_crop_train_transform,
 )
 from resnest_pl.data.transforms import IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC, PCALighting, TorchvisionAugment
@@ -34,10 +36,11 @@ def find(transform, kind):
 
 def test_train_and_eval_crops_differ_as_configured():
     image = photo()
-    train = imagenet_train_transform(224)(image)
+    train, shift = imagenet_train_transform(224)(image)
     evaluated = eval_transform(256)(image)
-    assert train.shape == (3, 224, 224) and train.dtype == torch.float32
-    assert evaluated.shape == (3, 256, 256) and evaluated.dtype == torch.float32
+    assert train.shape == (3, 224, 224) and train.dtype == torch.uint8
+    assert shift.shape == (3,) and shift.dtype == torch.float32
+    assert evaluated.shape == (3, 256, 256) and evaluated.dtype == torch.uint8
 
 
 def test_bicubic_and_efficientnet_crop_from_320():
@@ -83,7 +86,7 @@ def test_auto_augment_is_selectable_and_runs_before_the_crop(name, kind):
         (adapter,) = adapters
         assert isinstance(adapter.augment, kind)
         assert steps(transform).index(adapter) < steps(transform).index(find(transform, A.RandomResizedCrop)[0])
-    assert transform(photo()).shape == (3, 64, 64)
+    assert transform(photo())[0].shape == (3, 64, 64)
 
 
 def test_auto_augment_policy_and_randaugment_strength():
@@ -102,30 +105,43 @@ def test_torchvision_adapter_maps_hwc_arrays_through_chw_tensors():
     assert np.array_equal(out, 255 - image)
 
 
-def test_eval_normalises_with_mean_and_std():
+def test_eval_keeps_pixels_and_normalize_uses_mean_and_std():
     grey = np.full((300, 400, 3), 128, dtype=np.uint8)
     out = eval_transform(224)(grey)
+    assert out.dtype == torch.uint8 and bool((out == 128).all())
+    normalised = normalize(out[None], IMAGENET_MEAN, IMAGENET_STD)
     expected = (128 / 255 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
-    assert torch.allclose(out[:, 100, 100], torch.tensor(expected, dtype=torch.float32), atol=1e-5)
+    assert normalised.dtype == torch.float32
+    assert torch.allclose(normalised[0, :, 100, 100], torch.tensor(expected, dtype=torch.float32), atol=1e-6)
+    with pytest.raises(TypeError, match="uint8"):
+        normalize(normalised, IMAGENET_MEAN, IMAGENET_STD)
 
 
-def test_pca_lighting_adds_the_imagenet_component_shift():
-    lighting = PCALighting(alpha_std=0.1, std=IMAGENET_STD)
-    alpha = np.array([1.0, -2.0, 0.5])
-    image = np.zeros((4, 4, 3), dtype=np.float32)
-    out = lighting.apply(image, alpha=alpha)
-    expected = IMAGENET_PCA_EIGVEC @ (alpha * IMAGENET_PCA_EIGVAL) / np.array(IMAGENET_STD)
-    assert np.allclose(out[2, 3], expected, atol=1e-6)
+def test_pca_lighting_is_drawn_in_the_loader_and_added_on_the_device():
+    image = photo(40, 40)
     train = imagenet_train_transform(32, lighting=0.1)
     names = [type(t).__name__ for t in steps(train)]
-    assert names.index("PCALighting") == names.index("Normalize") + 1
+    assert names[-2:] == ["PCALighting", "ToTensorV2"] and "Normalize" not in names
+    (lighting,) = find(train, PCALighting)
+    train.reseed(5)
+    pixels, shift = train(image)
+    alpha = lighting.params["alpha"]
+    expected = IMAGENET_PCA_EIGVEC @ (alpha * IMAGENET_PCA_EIGVAL)
+    assert np.allclose(shift.numpy(), expected, atol=1e-7) and np.abs(expected).max() > 1e-3
+    assert lighting.apply(image, alpha=alpha) is image  # the uint8 image is left as it is
+    # On the device: the shift in 0-1 pixel units, divided by std like the pixels.
+    normalised = normalize(pixels[None], IMAGENET_MEAN, IMAGENET_STD, shift[None])
+    plain = normalize(pixels[None], IMAGENET_MEAN, IMAGENET_STD)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    torch.testing.assert_close(normalised[0] - plain[0], (shift.view(3, 1, 1) / std).expand(3, 32, 32))
     assert "PCALighting" not in [type(t).__name__ for t in steps(imagenet_train_transform(32, lighting=0))]
+    assert isinstance(imagenet_train_transform(32, lighting=0)(image), torch.Tensor)
 
 
 def test_pad_crop_shifts_without_flipping():
     image = np.zeros((32, 32, 3), dtype=np.uint8)
     image[10, 5] = 255
-    transform = pad_crop_train_transform(32, padding=2, flip=False, mean=(0, 0, 0), std=(1, 1, 1))
+    transform = pad_crop_train_transform(32, padding=2, flip=False)
     torch.manual_seed(0)
     positions = set()
     for _ in range(60):
@@ -143,7 +159,7 @@ def test_main_process_augmentations_follow_torch_seed():
     def run(seed: int) -> list[torch.Tensor]:
         torch.manual_seed(seed)  # what seed_everything does before a run builds its data
         transform = imagenet_train_transform(32)
-        return [transform(image) for _ in range(3)]
+        return [torch.cat([pixels.flatten().float(), shift]) for pixels, shift in (transform(image) for _ in range(3))]
 
     first, again, other = run(1), run(1), run(2)
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))

@@ -13,7 +13,7 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from resnest_pl.data import DigitsDataModule, ImageFolderDataModule
+from resnest_pl.data import DigitsDataModule, ImageFolderDataModule, normalize
 from resnest_pl.models import IncompatibleCheckpointError, get_variant
 from resnest_pl.module import ResNeStClassifier
 from resnest_pl.prediction import PredictionCSVWriter
@@ -153,7 +153,7 @@ def test_ddp_predict_writes_one_csv_with_every_file_once(digits_checkpoint: Path
     for index, path in enumerate(data.predict_files):
         row = next(r for r in rows if r["path"] == path)
         with torch.no_grad():
-            probs = model(dataset[index][0][None]).softmax(dim=-1)[0]
+            probs = model(normalize(dataset[index][0][None], data.mean, data.std)).softmax(dim=-1)[0]
         top, classes = probs.topk(5)
         assert [row[f"top{k}_class"] for k in range(1, 6)] == [str(c) for c in classes.tolist()]
         assert [float(row[f"top{k}_prob"]) for k in range(1, 6)] == pytest.approx(top.tolist(), abs=2e-6)

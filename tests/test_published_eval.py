@@ -14,7 +14,7 @@ from sklearn.datasets import load_sample_images
 from torchvision.transforms.v2 import functional as TF
 
 from resnest_pl.cli import main
-from resnest_pl.data import IMAGENET_MEAN, IMAGENET_STD, ImageNetDataModule
+from resnest_pl.data import IMAGENET_MEAN, IMAGENET_STD, ImageNetDataModule, normalize
 from resnest_pl.models import create_model, get_variant
 
 from .cli_config import parsed_config
@@ -61,7 +61,7 @@ def val_batch(root: Path, config: Path, *overrides: str) -> tuple[ImageNetDataMo
     module.setup("validate")
     images, _, skipped = next(iter(module.val_dataloader()))
     assert skipped.item() == 0
-    return module, images
+    return module, normalize(images, module.mean, module.std)
 
 
 def distance_to_official(module: ImageNetDataModule, images: torch.Tensor) -> float:

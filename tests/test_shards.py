@@ -123,8 +123,12 @@ def test_each_training_image_gets_the_folder_modules_augmentations(tmp_path: Pat
             drawn[epoch, index], target = shards[index]
             reference.transform.reseed(sample_seed(7, epoch, index))
             expected, expected_target = reference[index]
-            assert torch.equal(drawn[epoch, index], expected) and target == expected_target, (epoch, index)
-    assert not torch.equal(drawn[0, 0], drawn[2, 0])  # a new draw each epoch
+            (image, shift), (expected_image, expected_shift) = drawn[epoch, index], expected  # lighting: a shift
+            assert torch.equal(image, expected_image) and torch.equal(
+                torch.as_tensor(shift), torch.as_tensor(expected_shift)
+            )
+            assert target == expected_target, (epoch, index)
+    assert not torch.equal(drawn[0, 0][0], drawn[2, 0][0])  # a new draw each epoch
 
 
 def test_unreadable_training_images_are_replaced_and_counted(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Data modules, datasets and transforms for image classification.
 
 Every train / val / test batch is ``(images, targets, num_skipped)`` and every predict batch
-``(images, indices)``; see :class:`ImageDataModule`.
+``(images, indices)``, with ``uint8`` images that :func:`normalize` turns into the model's float input on the
+device; see :class:`ImageDataModule`.
 """
 
 from .base import ImageDataModule
@@ -23,6 +24,7 @@ from .transforms import (
     ImageTransform,
     eval_transform,
     imagenet_train_transform,
+    normalize,
     pad_crop_train_transform,
 )
 
@@ -48,6 +50,7 @@ __all__ = [
     "eval_transform",
     "find_images",
     "imagenet_train_transform",
+    "normalize",
     "pad_crop_train_transform",
     "read_image",
     "scan_class_folders",

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import cv2
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.seed import pl_worker_init_function
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .collate import SkipUnreadable
 from .datasets import ImageFileDataset
@@ -30,17 +34,26 @@ class ImageDataModule(pl.LightningDataModule, ABC):
 
     Batches (the same for every data module):
 
-    - train / val / test: ``(images, targets, num_skipped)``: ``images`` float32 ``(N, 3, H, W)``, normalised
-      with ``mean`` / ``std``; ``targets`` int64 ``(N,)`` class indices; ``num_skipped`` an int64 scalar tensor,
-      the images drawn for this batch that could not be read (each logged by path through ``logging``). In
-      training each is replaced by the next readable image of the split, so ``N == batch_size`` (but for a last
-      batch kept with ``drop_last=False``): under DDP an empty batch would stall the other ranks. In val / test
-      they are dropped, so ``N`` can be below ``batch_size`` (even 0, with images of shape ``(0, 3, H, W)``) and
-      every readable image counts once in the metrics. A module uses ``images, targets = batch[0], batch[1]``.
+    - train / val / test: ``(images, targets, num_skipped)``: ``images`` ``uint8`` ``(N, 3, H, W)`` RGB pixels,
+      not normalised (see below); ``targets`` int64 ``(N,)`` class indices; ``num_skipped`` an int64 scalar
+      tensor, the images drawn for this batch that could not be read (each logged by path through ``logging``).
+      In training each is replaced by the next readable image of the split, so ``N == batch_size`` (but for a
+      last batch kept with ``drop_last=False``): under DDP an empty batch would stall the other ranks. In val /
+      test they are dropped, so ``N`` can be below ``batch_size`` (even 0, with images of shape ``(0, 3, H, W)``)
+      and every readable image counts once in the metrics. Training batches of a pipeline with PCA lighting
+      (ImageNet, image folders) carry a fourth element, ``pixel_shift``: float32 ``(N, 3)``, each image's lighting
+      noise as an RGB offset in 0-1 pixel units. A module uses ``images, targets = batch[0], batch[1]``.
     - predict: ``(images, indices)``: ``indices`` int64 positions in :attr:`predict_files` (unreadable files
       are dropped, so a writer maps outputs back to paths through them).
 
     ``H = W = crop_size`` for training batches and ``eval_crop_size`` for val / test / predict batches.
+
+    Normalisation happens on the device, after the copy (a quarter of float32's bytes through pinned memory and
+    PCIe): ``ResNeStClassifier.on_after_batch_transfer`` turns ``images`` into float32
+    ``(images / 255 + pixel_shift - mean) / std`` with this data module's ``mean`` and ``std`` and drops
+    ``pixel_shift``, so its steps see ``(images, targets, num_skipped)`` with float images. Code that iterates a
+    loader itself does the same with :func:`resnest_pl.data.normalize`. A new data module follows this contract by
+    setting ``mean`` / ``std`` and yielding ``uint8`` images.
 
     Set by each subclass's ``__init__`` (the CLI links ``data.num_classes`` to ``model.num_classes``):
     ``num_classes``, ``class_names``, ``crop_size``, ``eval_crop_size``, ``crop_pct``, ``interpolation``, ``mean``,
@@ -50,13 +63,18 @@ class ImageDataModule(pl.LightningDataModule, ABC):
     trainer's ranks whose shuffle and per-sample augmentation seeds depend only on the run's seed
     (``seed_everything``), the epoch and the index. The data module's ``state_dict`` records the epoch and the
     batches done, so a fit resumed from a mid-epoch checkpoint continues with the very next batch. Val, test
-    and predict loaders are plain ``DataLoader`` objects, split over ranks by Lightning; ``batch_size`` is per
-    device.
+    and test loaders are split over the ranks without padding (Lightning's ``UnrepeatedDistributedSampler``), so
+    under DDP every image counts exactly once in the metrics, with ranks running one batch more or fewer;
+    Lightning splits predict loaders the same way. ``batch_size`` is per device.
+
+    Loader workers run OpenCV single-threaded (``cv2.setNumThreads(1)``: otherwise each worker starts a thread per
+    core) and still get Lightning's seeding when ``seed_everything(..., workers=True)`` asked for it.
 
     Args:
         batch_size: images per batch on each device.
         num_workers: DataLoader worker processes; 0 loads in the main process.
-        pin_memory: page-locked batches for faster host-to-GPU copies; None pins when CUDA is available.
+        pin_memory: page-locked batches for faster, asynchronous host-to-GPU copies; None pins when the trainer
+            runs on a GPU (not for CPU runs on a machine that has one).
         persistent_workers: keep workers alive between epochs (only used when ``num_workers > 0``).
         drop_last: drop the last incomplete training batch (a batch of one breaks BatchNorm in training).
         predict_paths: images for ``predict``: a folder (searched recursively), an image file, or a list.
@@ -192,21 +210,46 @@ class ImageDataModule(pl.LightningDataModule, ABC):
     ) -> DataLoader:
         crop = crop or self.eval_crop_size
         collate = SkipUnreadable((3, crop, crop), count_skipped=split != "predict")
-        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
         dataset = self.dataset(split)
+        trainer = self.trainer
+        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        loader_sampler: Sampler | None = sampler
+        if sampler is None and split in ("val", "test") and world_size > 1:
+            # Lightning's default DistributedSampler pads the split to a multiple of the world size, so a few
+            # images would count twice in the metrics. Metrics and skipped counts are logged per epoch only and
+            # synced once at its end, so ranks may run different numbers of batches.
+            loader_sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
         return DataLoader(
             SeededSamples(dataset, self.train_transform_schedule()) if sampler is not None else dataset,
             batch_size=self.batch_size,
-            sampler=sampler,
+            sampler=loader_sampler,
             # Its own generator for the workers' base seed: creating the iterator must not draw from torch's
             # global generator, or a resumed run's dropout / DropBlock masks would shift.
             generator=torch.Generator() if sampler is not None else None,
             drop_last=drop_last,
             num_workers=self.num_workers,
-            pin_memory=pin,
+            pin_memory=self._pin(),
+            worker_init_fn=functools.partial(init_worker, rank=rank) if self.num_workers > 0 else None,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             collate_fn=collate,
         )
+
+    def _pin(self) -> bool:
+        if self.pin_memory is not None:
+            return self.pin_memory
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
+
+def init_worker(worker_id: int, rank: int = 0) -> None:
+    """A loader worker's start: OpenCV on one thread, then Lightning's worker seeding if it was asked for.
+
+    Lightning adds its own ``worker_init_fn`` only to loaders without one (with ``seed_everything(...,
+    workers=True)``, which sets ``PL_SEED_WORKERS``), so this one calls it itself.
+    """
+    cv2.setNumThreads(1)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        pl_worker_init_function(worker_id, rank=rank)
 
 
 def as_triplet(values: Sequence[float], name: str) -> tuple[float, float, float]:

@@ -204,12 +204,10 @@ class CIFAR10DataModule(ImageDataModule):
         return self._arrays[train]
 
     def train_transform(self) -> ImageTransform:
-        return transforms.pad_crop_train_transform(32, padding=4, flip=True, mean=self.mean, std=self.std)
+        return transforms.pad_crop_train_transform(32, padding=4, flip=True)
 
     def eval_transform(self) -> ImageTransform:
-        return transforms.eval_transform(
-            32, crop_pct=self.crop_pct, interpolation=self.interpolation, mean=self.mean, std=self.std
-        )
+        return transforms.eval_transform(32, crop_pct=self.crop_pct, interpolation=self.interpolation)
 
     def build_dataset(self, split: Split) -> Dataset:
         from_train = split == "train" or (split == "val" and self.val_fraction > 0)

@@ -1,5 +1,8 @@
 """Map-style datasets yielding ``(image tensor, int)`` pairs; for an image that cannot be read, None or a
-readable replacement marked as one."""
+readable replacement marked as one.
+
+The image is what the transform returns: a ``uint8`` ``(3, H, W)`` tensor, or ``(image, pixel_shift)`` from a
+training pipeline with PCA lighting (see :class:`~resnest_pl.data.transforms.ImageTransform`)."""
 
 from __future__ import annotations
 
@@ -14,9 +17,11 @@ from .decode import read_image
 
 logger = logging.getLogger(__name__)
 
-Sample = tuple[torch.Tensor, int]
+# A transform's output: the uint8 image, or the image and its float32 (3,) PCA lighting shift.
+Pixels = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+Sample = tuple[Pixels, int]
 # A readable image drawn in place of an unreadable one; the trailing int counts the unreadable image (always 1).
-Replacement = tuple[torch.Tensor, int, int]
+Replacement = tuple[Pixels, int, int]
 
 
 class ArrayDataset(Dataset):
@@ -28,9 +33,7 @@ class ArrayDataset(Dataset):
         transform: maps one image array to a tensor.
     """
 
-    def __init__(
-        self, images: np.ndarray, targets: Sequence[int], transform: Callable[[np.ndarray], torch.Tensor]
-    ) -> None:
+    def __init__(self, images: np.ndarray, targets: Sequence[int], transform: Callable[[np.ndarray], Pixels]) -> None:
         if len(images) != len(targets):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
         self.images = images
@@ -69,7 +72,7 @@ class ImageFileDataset(Dataset):
         self,
         files: Sequence[str],
         targets: Sequence[int],
-        transform: Callable[[np.ndarray], torch.Tensor],
+        transform: Callable[[np.ndarray], Pixels],
         replace_unreadable: bool = False,
     ) -> None:
         if len(files) != len(targets):

@@ -77,14 +77,10 @@ class DigitsDataModule(ImageDataModule):
         self.mean, self.std = (mean, mean, mean), (std, std, std)
 
     def train_transform(self) -> ImageTransform:
-        return transforms.pad_crop_train_transform(
-            self.image_size, padding=self.max_shift, flip=False, mean=self.mean, std=self.std
-        )
+        return transforms.pad_crop_train_transform(self.image_size, padding=self.max_shift, flip=False)
 
     def eval_transform(self) -> ImageTransform:
-        return transforms.eval_transform(
-            self.image_size, crop_pct=self.crop_pct, interpolation=self.interpolation, mean=self.mean, std=self.std
-        )
+        return transforms.eval_transform(self.image_size, crop_pct=self.crop_pct, interpolation=self.interpolation)
 
     def build_dataset(self, split: Split) -> Dataset:
         indices = self.train_indices if split == "train" else self.val_indices

@@ -41,7 +41,7 @@ class ImageFolderDataModule(ImageDataModule):
             before the random crop. Training resizes as the recipe does (bicubic from 320 pixels, else bilinear).
         color_jitter: brightness, contrast and saturation jitter; 0 disables.
         lighting: standard deviation of the PCA lighting noise; 0 disables.
-        mean: per-channel normalisation mean (RGB, 0-1 scale).
+        mean: per-channel normalisation mean (RGB, 0-1 scale), applied on the device by the module.
         std: per-channel normalisation std.
         train_crop_schedule: progressive resizing, ``{first epoch: training crop}``, e.g. ``{0: 160, 90: 192,
             180: 224}``: smaller, cheaper images early, as FFCV's and timm's fast recipes do. Epochs before the
@@ -122,14 +122,14 @@ class ImageFolderDataModule(ImageDataModule):
 
     def train_transform(self, crop_size: int | None = None) -> ImageTransform:
         return transforms.imagenet_train_transform(
-            crop_size or self.crop_size, self.auto_augment, self.color_jitter, self.lighting, self.mean, self.std
+            crop_size or self.crop_size, self.auto_augment, self.color_jitter, self.lighting
         )
 
     def train_transform_schedule(self) -> list[tuple[int, ImageTransform]]:
         return [(epoch, self.train_transform(crop)) for epoch, crop in self.train_crop_schedule]
 
     def eval_transform(self) -> ImageTransform:
-        return transforms.eval_transform(self.eval_crop_size, self.crop_pct, self.interpolation, self.mean, self.std)
+        return transforms.eval_transform(self.eval_crop_size, self.crop_pct, self.interpolation)
 
     def files(self, split: Split) -> tuple[list[str], list[int]]:
         """Image paths and class indices of ``split``."""

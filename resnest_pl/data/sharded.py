@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from litdata.streaming.sampler import ChunkedIndex
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from . import transforms
-from .base import ImageDataModule, Split, as_triplet
+from .base import ImageDataModule, Split, as_triplet, init_worker
 from .collate import SkipUnreadable
 from .datasets import Replacement, Sample
 from .decode import decode_image
@@ -218,12 +219,10 @@ class ShardedDataModule(ImageDataModule):
         self.num_samples: dict[str, int] = dict(meta["num_samples"])
 
     def train_transform(self) -> ImageTransform:
-        return transforms.imagenet_train_transform(
-            self.crop_size, self.auto_augment, self.color_jitter, self.lighting, self.mean, self.std
-        )
+        return transforms.imagenet_train_transform(self.crop_size, self.auto_augment, self.color_jitter, self.lighting)
 
     def eval_transform(self) -> ImageTransform:
-        return transforms.eval_transform(self.eval_crop_size, self.crop_pct, self.interpolation, self.mean, self.std)
+        return transforms.eval_transform(self.eval_crop_size, self.crop_pct, self.interpolation)
 
     def build_dataset(self, split: Split) -> ShardDataset:
         stored: str = "val" if split == "test" and "test" not in self.num_samples else split
@@ -272,13 +271,15 @@ class ShardedDataModule(ImageDataModule):
         return DataLoader(samples, sampler=sampler, **self._loader_options(self.eval_crop_size, drop_last=False))
 
     def _loader_options(self, crop: int, drop_last: bool) -> dict[str, Any]:
+        rank = self.trainer.global_rank if self.trainer else 0
         return dict(
             batch_size=self.batch_size,
             # For the training loader also litdata's split over ranks: with True, every rank the same whole number
             # of batches; with False, the last rank takes the remainder (one process only: DDP would stall).
             drop_last=drop_last,
             num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available() if self.pin_memory is None else self.pin_memory,
+            pin_memory=self._pin(),
+            worker_init_fn=functools.partial(init_worker, rank=rank) if self.num_workers > 0 else None,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             collate_fn=SkipUnreadable((3, crop, crop)),
             # The workers' base seed from a generator of their own: creating the iterator must not draw from torch's

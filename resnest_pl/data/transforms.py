@@ -1,6 +1,11 @@
 """Albumentations pipelines: ImageNet-recipe training, resize + centre-crop evaluation, pad-and-crop for small images.
 
-Every pipeline maps an RGB ``uint8`` ``(H, W, 3)`` array to a normalised ``float32`` ``(3, h, w)`` tensor.
+Every pipeline maps an RGB ``uint8`` ``(H, W, 3)`` array to a ``uint8`` ``(3, h, w)`` tensor: loaders ship raw
+pixels, a quarter of float32's bytes through pinned memory and the host-to-device copy. The conversion to float
+and the normalisation happen on the device, batched (:func:`normalize`, called by
+``ResNeStClassifier.on_after_batch_transfer``); so does the PCA lighting noise, which a ``uint8`` image cannot
+hold (it is a fraction of a grey level to a dozen, of either sign, and must not be clipped at 0 or 255): the
+pipeline only draws it, and :class:`ImageTransform` returns it with the image as a per-image RGB offset.
 """
 
 from __future__ import annotations
@@ -68,8 +73,38 @@ def _process_seed() -> int:
     return int(np.random.SeedSequence([torch.initial_seed(), rank]).generate_state(1)[0])
 
 
+def normalize(
+    images: torch.Tensor,
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
+    pixel_shift: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``uint8`` ``(N, 3, H, W)`` images as float32 ``(images / 255 + pixel_shift - mean) / std``, on their device.
+
+    Args:
+        images: RGB pixels in 0..255, as the data modules' loaders yield them.
+        mean: per-channel mean, in 0-1 pixel units. Pass a tensor already on the images' device in a training
+            loop: building one from a list copies it from pageable memory, which waits for the GPU's stream.
+        std: per-channel standard deviation, in 0-1 pixel units (the same).
+        pixel_shift: float ``(N, 3)`` per-image RGB offsets in 0-1 pixel units (the PCA lighting noise of a
+            training batch, see :class:`PCALighting`), or None.
+    """
+    if images.dtype != torch.uint8:
+        raise TypeError(f"normalize expects uint8 images (the loaders' pixels), got {images.dtype}")
+    device = images.device
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    offset = -torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    if pixel_shift is not None:
+        offset = offset + pixel_shift.to(device=device, dtype=torch.float32).view(-1, 3, 1, 1)
+    # One multiply-add over the pixels: x * (1 / (255 std)) + (shift - mean) / std.
+    return torch.addcmul(offset / std_t, images.float(), 1.0 / (255.0 * std_t))
+
+
 class ImageTransform:
-    """An albumentations pipeline as a callable ``uint8 (H, W, 3) array -> float32 (3, h, w) tensor``.
+    """An albumentations pipeline as a callable ``uint8 (H, W, 3) array -> uint8 (3, h, w) tensor``.
+
+    With a :class:`PCALighting` step the call returns ``(image, pixel_shift)`` instead: the lighting noise it drew,
+    a float32 ``(3,)`` RGB offset in 0-1 pixel units, for :func:`normalize` to add on the device.
 
     Albumentations draws from its own generator, not torch's. DataLoader workers inherit that generator in one
     state, so every worker (and, without persistent workers, every epoch) would replay the same augmentations.
@@ -86,6 +121,7 @@ class ImageTransform:
     def __init__(self, pipeline: A.Compose, min_source_side: int | None = None) -> None:
         self.pipeline = pipeline
         self.min_source_side = min_source_side
+        self._lighting = next((t for t in pipeline.transforms if isinstance(t, PCALighting)), None)
         self._seeded_from: int | None = None
         self._next_seed: int | None = None
 
@@ -99,19 +135,25 @@ class ImageTransform:
         self._seeded_from = torch.initial_seed()  # the per-process reseeding below must not override it
         self.pipeline.set_random_seed(seed)
 
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
+    def __call__(self, image: np.ndarray) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self._next_seed is not None:
             seed, self._next_seed = self._next_seed, None
             # Torchvision's AutoAugment / RandAugment draw from torch's global generator: seed a fork of it,
             # so the caller's stream (dropout, DropBlock in a num_workers=0 run) is left untouched.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                return self.pipeline(image=image)["image"]
+                return self._run(image)
         torch_seed = torch.initial_seed()
         if torch_seed != self._seeded_from:
             self._seeded_from = torch_seed
             self.pipeline.set_random_seed(_process_seed())
-        return self.pipeline(image=image)["image"]
+        return self._run(image)
+
+    def _run(self, image: np.ndarray) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        out = self.pipeline(image=image)["image"]
+        if self._lighting is None:
+            return out
+        return out, self._lighting.pixel_shift()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.pipeline!r}, min_source_side={self.min_source_side})"
@@ -134,29 +176,36 @@ class TorchvisionAugment(A.ImageOnlyTransform):
 
 
 class PCALighting(A.ImageOnlyTransform):
-    """AlexNet-style PCA lighting noise on a normalised image: one RGB shift along ImageNet's principal components.
+    """AlexNet-style PCA lighting noise: one RGB shift along ImageNet's principal components, per image.
 
     Not albumentations' ``FancyPCA``: that one recomputes a PCA of each image and scales every pixel's deviation
     from the image mean (a different augmentation from the recipe's, and ~7 ms per 224-pixel image); this adds
     ``eigvec @ (alpha * eigval)``, ``alpha ~ N(0, alpha_std)``, in ``[0, 1]`` pixel units, as the recipe does.
 
+    The step only draws ``alpha`` (from the pipeline's generator, so it is seeded per sample like every other
+    augmentation) and leaves the ``uint8`` image as it is; :class:`ImageTransform` returns the shift with the
+    image and :func:`normalize` adds it on the device, unrounded and unclipped, as the recipe's float pipeline did.
+
     Args:
         alpha_std: standard deviation of the per-component weights (0.1 in the recipe).
-        std: the normalisation's std, to express the shift in normalised units.
     """
 
-    def __init__(self, alpha_std: float = 0.1, std: Sequence[float] = IMAGENET_STD, p: float = 1.0) -> None:
+    def __init__(self, alpha_std: float = 0.1, p: float = 1.0) -> None:
         super().__init__(p=p)
         self.alpha_std = alpha_std
-        self.std = np.asarray(std, dtype=np.float64)
 
     def get_params(self) -> dict[str, Any]:
         return {"alpha": self.random_generator.normal(0.0, self.alpha_std, size=3)}
 
     def apply(self, img: np.ndarray, alpha: np.ndarray, **params: Any) -> np.ndarray:
-        shift = IMAGENET_PCA_EIGVEC @ (alpha * IMAGENET_PCA_EIGVAL) / self.std
-        # OpenCV's per-channel scalar add: numpy broadcasting over the 3-wide last axis is ~5x slower.
-        return cv2.add(img, (*shift.tolist(), 0.0))
+        return img
+
+    def pixel_shift(self) -> torch.Tensor:
+        """The RGB offset of the image this step saw last (zero when it was not applied)."""
+        alpha = self.params.get("alpha")
+        if alpha is None:
+            return torch.zeros(3, dtype=torch.float32)
+        return torch.tensor(IMAGENET_PCA_EIGVEC @ (alpha * IMAGENET_PCA_EIGVAL), dtype=torch.float32)
 
 
 def _auto_augment(name: AutoAugmentName) -> list[A.BasicTransform]:
@@ -180,13 +229,12 @@ def imagenet_train_transform(
     auto_augment: AutoAugmentName = "none",
     color_jitter: float = 0.4,
     lighting: float = 0.1,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
 ) -> ImageTransform:
     """The ResNeSt ImageNet training pipeline.
 
     [AutoAugment | RandAugment on the full image] -> random-resized crop -> horizontal flip -> colour jitter
-    (brightness, contrast, saturation) -> normalise -> PCA lighting -> tensor. Below 320 pixels the crop covers
+    (brightness, contrast, saturation) -> ``uint8`` tensor [+ the PCA lighting shift, added on the device after
+    normalisation by :func:`normalize`]. Below 320 pixels the crop covers
     8-100 % of the image area with bilinear resizing; from 320 it is the recipe's EfficientNet-style crop, 10-100 %
     of the area with bicubic resizing (approximated by the same random-resized crop: the TF sampler draws the
     height rather than the area, a difference of no consequence here). Downscaling always uses area averaging,
@@ -208,9 +256,8 @@ def imagenet_train_transform(
     if color_jitter > 0:
         jitter = color_jitter
         steps.append(A.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=0.0, p=1.0))
-    steps.append(A.Normalize(mean=mean, std=std))
     if lighting > 0:
-        steps.append(PCALighting(alpha_std=lighting, std=std))
+        steps.append(PCALighting(alpha_std=lighting))
     steps.append(ToTensorV2())
     # The smallest crop window has a side of at least short_side * sqrt(scale_min * 3/4); it must keep crop_size
     # pixels after a reduced decode.
@@ -222,10 +269,8 @@ def eval_transform(
     crop_size: int = 224,
     crop_pct: float = DEFAULT_CROP_PCT,
     interpolation: Interpolation = "bicubic",
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
 ) -> ImageTransform:
-    """Resize the shorter side to ``crop_size / crop_pct``, centre-crop ``crop_size``, normalise.
+    """Resize the shorter side to ``crop_size / crop_pct``, centre-crop ``crop_size`` (normalised on the device).
 
     The same field of view as the official ResNeSt evaluation, which crops the centre ``crop_pct`` of the
     shorter side first and resizes it to ``crop_size`` afterwards. ``interpolation`` applies when enlarging;
@@ -236,7 +281,6 @@ def eval_transform(
     steps = [
         A.SmallestMaxSize(max_size=resize, interpolation=eval_interpolation(interpolation), area_for_downscale="image"),
         A.CenterCrop(height=crop_size, width=crop_size),
-        A.Normalize(mean=mean, std=std),
         ToTensorV2(),
     ]
     return ImageTransform(A.Compose(steps), min_source_side=resize)
@@ -246,12 +290,11 @@ def pad_crop_train_transform(
     size: int = 32,
     padding: int = 4,
     flip: bool = True,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
 ) -> ImageTransform:
     """Small-image training (CIFAR, digits) on images already ``size`` pixels square.
 
-    Zero-pad by ``padding``, random crop ``size`` (a shift of up to ``padding`` pixels), optional flip, normalise.
+    Zero-pad by ``padding``, random crop ``size`` (a shift of up to ``padding`` pixels), optional flip (normalised on
+    the device).
     """
     steps: list[A.BasicTransform] = [
         A.Pad(padding=padding, fill=0, border_mode=cv2.BORDER_CONSTANT),
@@ -259,5 +302,5 @@ def pad_crop_train_transform(
     ]
     if flip:
         steps.append(A.HorizontalFlip(p=0.5))
-    steps += [A.Normalize(mean=mean, std=std), ToTensorV2()]
+    steps.append(ToTensorV2())
     return ImageTransform(A.Compose(steps))
