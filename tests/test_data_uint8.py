@@ -18,7 +18,7 @@ import torchvision.datasets.cifar as tv_cifar
 from albumentations.pytorch import ToTensorV2
 from lightning_fabric.utilities.seed import pl_worker_init_function
 from pytorch_lightning.callbacks import Callback
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from resnest_pl.data import CIFAR10DataModule, DigitsDataModule, ImageDataModule, ImageNetDataModule
 from resnest_pl.data.base import init_worker
@@ -159,6 +159,17 @@ def test_loader_workers_run_opencv_on_one_thread() -> None:
     _, threads, _ = next(iter(dm.val_dataloader()))
     assert threads.tolist() == [1, 1]
     assert DigitsDataModule(num_workers=0).val_dataloader().worker_init_fn is None
+
+
+def test_worker_init_does_not_hang_after_the_parent_used_opencvs_threads() -> None:
+    """``cv2.setNumThreads(1)`` in a worker forked after the main process ran OpenCV on its thread pool waits
+    forever for the pool's threads, which the fork did not copy."""
+    image = np.random.default_rng(0).integers(0, 256, (1500, 1500, 3), dtype=np.uint8)
+    cv2.GaussianBlur(image, (21, 21), 5)  # starts the main process's OpenCV threads
+    init = DigitsDataModule(num_workers=1).val_dataloader().worker_init_fn
+    loader = DataLoader(OpenCVThreads(), batch_size=2, num_workers=1, worker_init_fn=init, timeout=30)
+    _, threads = next(iter(loader))
+    assert threads.tolist() == [1, 1]
 
 
 def test_worker_init_keeps_lightnings_worker_seeding(monkeypatch) -> None:

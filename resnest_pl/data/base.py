@@ -67,7 +67,7 @@ class ImageDataModule(pl.LightningDataModule, ABC):
     under DDP every image counts exactly once in the metrics, with ranks running one batch more or fewer;
     Lightning splits predict loaders the same way. ``batch_size`` is per device.
 
-    Loader workers run OpenCV single-threaded (``cv2.setNumThreads(1)``: otherwise each worker starts a thread per
+    Loader workers run OpenCV single-threaded (``cv2.setNumThreads(0)``: otherwise each worker starts a thread per
     core) and still get Lightning's seeding when ``seed_everything(..., workers=True)`` asked for it.
 
     Args:
@@ -244,10 +244,13 @@ class ImageDataModule(pl.LightningDataModule, ABC):
 def init_worker(worker_id: int, rank: int = 0) -> None:
     """A loader worker's start: OpenCV on one thread, then Lightning's worker seeding if it was asked for.
 
-    Lightning adds its own ``worker_init_fn`` only to loaders without one (with ``seed_everything(...,
-    workers=True)``, which sets ``PL_SEED_WORKERS``), so this one calls it itself.
+    ``setNumThreads(0)`` (run sequentially) rather than 1: OpenCV's pthreads pool stops and joins its threads
+    on ``setNumThreads(1)``, and in a worker forked from a process whose pool had started, those threads do
+    not exist, so the worker would wait for them forever. Lightning adds its own ``worker_init_fn`` only to
+    loaders without one (with ``seed_everything(..., workers=True)``, which sets ``PL_SEED_WORKERS``), so this
+    one calls it itself.
     """
-    cv2.setNumThreads(1)
+    cv2.setNumThreads(0)
     if int(os.environ.get("PL_SEED_WORKERS", 0)):
         pl_worker_init_function(worker_id, rank=rank)
 
