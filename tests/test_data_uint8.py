@@ -63,7 +63,7 @@ def expected_batch(dm: ImageDataModule, split: str) -> torch.Tensor:
         return torch.stack([dataset[i][0] for i in range(BATCH)])
     sampler = ResumableSampler(dataset, seed=int(os.environ["PL_GLOBAL_SEED"]))
     samples = []
-    for (index, seed), _ in zip(sampler, range(BATCH), strict=False):
+    for (index, seed, _epoch), _ in zip(sampler, range(BATCH), strict=False):
         dataset.transform.reseed(seed)
         samples.append(dataset[index][0])
     return torch.stack(samples)
