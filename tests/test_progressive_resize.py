@@ -107,3 +107,19 @@ def test_a_run_resumed_mid_schedule_trains_as_the_uninterrupted_one(folder: Path
     assert final["global_step"] == reference["global_step"] == 18
     for key, value in reference["state_dict"].items():
         assert final["state_dict"][key].equal(value), key
+
+
+def test_the_sharded_module_follows_the_schedule_too(folder: Path, tmp_path: Path) -> None:
+    from resnest_pl.data import ShardedDataModule, convert_to_shards
+
+    convert_to_shards(folder, tmp_path / "shards")
+    data = ShardedDataModule(
+        str(tmp_path / "shards"), crop_size=40, train_crop_schedule={1: 16, 3: 24}, batch_size=4, num_workers=0
+    )
+    data.setup("fit")
+    loader = data.train_dataloader()
+    sides = []
+    for epoch in range(4):
+        loader.start_at(epoch, 0)
+        sides.append({tuple(batch[0].shape[-2:]) for batch in loader})
+    assert sides == [{(40, 40)}, {(16, 16)}, {(16, 16)}, {(24, 24)}]

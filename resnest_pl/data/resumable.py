@@ -57,6 +57,14 @@ class ResumableSampler(DistributedSampler):
             yield index, sample_seed(self.seed, self.epoch, index), self.epoch
 
 
+def scheduled_transform(
+    schedule: Sequence[tuple[int, ImageTransform]], epoch: int, default: ImageTransform
+) -> ImageTransform:
+    """The transform of ``epoch``: the latest ``(first epoch, transform)`` entry that has started, else ``default``."""
+    started = [transform for first, transform in schedule if first <= epoch]
+    return started[-1] if started else default
+
+
 class SeededSamples(Dataset):
     """``dataset[(index, seed, epoch)]``: the sample at ``index``, its transform seeded by ``seed``.
 
@@ -82,14 +90,9 @@ class SeededSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def transform_for(self, epoch: int) -> ImageTransform:
-        """The transform of ``epoch``: the schedule's latest entry that has started, else the dataset's own."""
-        started = [transform for first, transform in self.schedule if first <= epoch]
-        return started[-1] if started else self.default
-
     def __getitem__(self, key: tuple[int, int, int]) -> object:
         index, seed, epoch = key
-        transform = self.transform_for(epoch)
+        transform = scheduled_transform(self.schedule, epoch, self.default)
         if transform is not self.source.transform:  # type: ignore[attr-defined]
             self.source.transform = transform  # type: ignore[attr-defined]
             if hasattr(self.source, "min_source_side"):  # how far the decoder may shrink a JPEG for this crop

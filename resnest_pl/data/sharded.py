@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,8 @@ from .base import ImageDataModule, Split, as_triplet, init_worker
 from .collate import SkipUnreadable
 from .datasets import Replacement, Sample
 from .decode import decode_image
-from .resumable import sample_seed
+from .image_folder import crop_schedule
+from .resumable import sample_seed, scheduled_transform
 from .shard import read_meta
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, AutoAugmentName, ImageTransform, Interpolation
 
@@ -40,6 +41,7 @@ class ShardDataset(StreamingDataset):
         num_samples: the samples of the split (``meta.json``).
         replace_unreadable: draw the next readable sample in place of an unreadable one.
         seed_augmentations: reseed ``image_transform`` per sample (training).
+        schedule: ``(first epoch, transform)`` pairs of a progressive-resizing schedule (training).
         kwargs: StreamingDataset's (``shuffle``, ``seed``, ``cache_dir``).
     """
 
@@ -50,10 +52,12 @@ class ShardDataset(StreamingDataset):
         num_samples: int,
         replace_unreadable: bool = False,
         seed_augmentations: bool = False,
+        schedule: Sequence[tuple[int, ImageTransform]] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(input_dir, **kwargs)
-        self.image_transform = image_transform
+        self.default_transform = self.image_transform = image_transform
+        self.schedule = list(schedule)
         self.num_samples = num_samples
         self.replace_unreadable = replace_unreadable
         self.seed_augmentations = seed_augmentations
@@ -71,7 +75,11 @@ class ShardDataset(StreamingDataset):
         position = index.index if isinstance(index, ChunkedIndex) else index
         if self.seed_augmentations:
             # litdata counts epochs from 1 (its loader increments before each one); Lightning from 0.
-            self.image_transform.reseed(sample_seed(self.seed, self.current_epoch - 1, position))
+            epoch = self.current_epoch - 1
+            transform = scheduled_transform(self.schedule, epoch, self.default_transform)
+            if transform is not self.image_transform:
+                self.image_transform, self.min_source_side = transform, transform.min_source_side
+            self.image_transform.reseed(sample_seed(self.seed, epoch, position))
         image = self._decode(item)
         if image is not None:
             return self.image_transform(image), int(item["target"])
@@ -189,6 +197,7 @@ class ShardedDataModule(ImageDataModule):
         lighting: float = 0.1,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
+        train_crop_schedule: dict[int, int] | None = None,
         cache_dir: str | None = None,
         batch_size: int = 64,
         num_workers: int = 8,
@@ -213,13 +222,19 @@ class ShardedDataModule(ImageDataModule):
         self.lighting = lighting
         self.mean = as_triplet(mean, "mean")
         self.std = as_triplet(std, "std")
+        self.train_crop_schedule = crop_schedule(train_crop_schedule)
         meta = read_meta(self.root)
         self.class_names = list(meta["class_names"])
         self.num_classes = len(self.class_names)
         self.num_samples: dict[str, int] = dict(meta["num_samples"])
 
-    def train_transform(self) -> ImageTransform:
-        return transforms.imagenet_train_transform(self.crop_size, self.auto_augment, self.color_jitter, self.lighting)
+    def train_transform(self, crop_size: int | None = None) -> ImageTransform:
+        return transforms.imagenet_train_transform(
+            crop_size or self.crop_size, self.auto_augment, self.color_jitter, self.lighting
+        )
+
+    def train_transform_schedule(self) -> list[tuple[int, ImageTransform]]:
+        return [(epoch, self.train_transform(crop)) for epoch, crop in self.train_crop_schedule]
 
     def eval_transform(self) -> ImageTransform:
         return transforms.eval_transform(self.eval_crop_size, self.crop_pct, self.interpolation)
@@ -235,6 +250,7 @@ class ShardedDataModule(ImageDataModule):
             self.num_samples[stored],
             replace_unreadable=train,  # as ImageFileDataset: an empty training batch would stall DDP
             seed_augmentations=train,
+            schedule=self.train_transform_schedule() if train else (),
             shuffle=train,
             seed=self._shuffle_seed or 0,
             cache_dir=self.cache_dir,
