@@ -17,7 +17,58 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, AutoAugmentName, ImageTrans
 _LAYOUTS = "<root>/train/<class>/*.jpg with <root>/val/<class>/*.jpg (and optionally test/), or <root>/<class>/*.jpg"
 
 
-class ImageFolderDataModule(ImageDataModule):
+class ImageNetRecipe:
+    """The ImageNet recipe's crops, augmentations, normalisation and evaluation settings, and the transforms built
+    from them: shared by the data modules that read full-size photographs (folders and shards), whose constructors
+    hand their arguments (documented on :class:`ImageFolderDataModule`) to :meth:`set_recipe`."""
+
+    crop_size: int
+    eval_crop_size: int
+    crop_pct: float
+    interpolation: Interpolation
+
+    def set_recipe(
+        self,
+        crop_size: int,
+        eval_crop_size: int | None,
+        crop_pct: float | None,
+        interpolation: Interpolation | None,
+        auto_augment: AutoAugmentName,
+        color_jitter: float,
+        lighting: float,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        train_crop_schedule: dict[int, int] | None,
+    ) -> None:
+        """Check the settings (now rather than at setup) and keep them."""
+        if auto_augment not in ("none", "autoaugment", "randaugment"):
+            raise ValueError(f"auto_augment must be 'none', 'autoaugment' or 'randaugment', got {auto_augment!r}")
+        self.crop_pct = transforms.DEFAULT_CROP_PCT if crop_pct is None else crop_pct
+        self.interpolation = "bicubic" if interpolation is None else interpolation
+        transforms.eval_resize_size(crop_size, self.crop_pct)
+        transforms.eval_interpolation(self.interpolation)
+        self.crop_size = crop_size
+        self.eval_crop_size = crop_size if eval_crop_size is None else eval_crop_size
+        self.auto_augment = auto_augment
+        self.color_jitter = color_jitter
+        self.lighting = lighting
+        self.mean = as_triplet(mean, "mean")
+        self.std = as_triplet(std, "std")
+        self.train_crop_schedule = crop_schedule(train_crop_schedule)
+
+    def train_transform(self, crop_size: int | None = None) -> ImageTransform:
+        return transforms.imagenet_train_transform(
+            crop_size or self.crop_size, self.auto_augment, self.color_jitter, self.lighting
+        )
+
+    def train_transform_schedule(self) -> list[tuple[int, ImageTransform]]:
+        return [(epoch, self.train_transform(crop)) for epoch, crop in self.train_crop_schedule]
+
+    def eval_transform(self) -> ImageTransform:
+        return transforms.eval_transform(self.eval_crop_size, self.crop_pct, self.interpolation)
+
+
+class ImageFolderDataModule(ImageNetRecipe, ImageDataModule):
     """Images sorted into one folder per class, with the ImageNet training recipe.
 
     Layouts: ``root/train/<class>/`` and ``root/val/<class>/`` (optionally ``root/test/<class>/``, else test
@@ -78,24 +129,21 @@ class ImageFolderDataModule(ImageDataModule):
         super().__init__(batch_size, num_workers, pin_memory, persistent_workers, drop_last, predict_paths)
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        if auto_augment not in ("none", "autoaugment", "randaugment"):
-            raise ValueError(f"auto_augment must be 'none', 'autoaugment' or 'randaugment', got {auto_augment!r}")
-        # Validated now rather than at setup.
-        self.crop_pct = transforms.DEFAULT_CROP_PCT if crop_pct is None else crop_pct
-        self.interpolation: Interpolation = "bicubic" if interpolation is None else interpolation
-        transforms.eval_resize_size(crop_size, self.crop_pct)
-        transforms.eval_interpolation(self.interpolation)
+        self.set_recipe(
+            crop_size,
+            eval_crop_size,
+            crop_pct,
+            interpolation,
+            auto_augment,
+            color_jitter,
+            lighting,
+            mean,
+            std,
+            train_crop_schedule,
+        )
         self.root = Path(root)
         self.val_fraction = val_fraction
         self.seed = seed
-        self.crop_size = crop_size
-        self.eval_crop_size = crop_size if eval_crop_size is None else eval_crop_size
-        self.auto_augment = auto_augment
-        self.color_jitter = color_jitter
-        self.lighting = lighting
-        self.mean = as_triplet(mean, "mean")
-        self.std = as_triplet(std, "std")
-        self.train_crop_schedule = crop_schedule(train_crop_schedule)
         self.train_dir, self.val_dir, self.test_dir = self.locate(self.root)
         class_dir = self.train_dir or self.val_dir
         assert class_dir is not None  # locate() guarantees one of them
@@ -119,17 +167,6 @@ class ImageFolderDataModule(ImageDataModule):
     def flat_hint(self, folder: Path) -> str:
         """How to fix ``folder`` when it holds images directly instead of class folders."""
         return "move them into one sub-folder per class"
-
-    def train_transform(self, crop_size: int | None = None) -> ImageTransform:
-        return transforms.imagenet_train_transform(
-            crop_size or self.crop_size, self.auto_augment, self.color_jitter, self.lighting
-        )
-
-    def train_transform_schedule(self) -> list[tuple[int, ImageTransform]]:
-        return [(epoch, self.train_transform(crop)) for epoch, crop in self.train_crop_schedule]
-
-    def eval_transform(self) -> ImageTransform:
-        return transforms.eval_transform(self.eval_crop_size, self.crop_pct, self.interpolation)
 
     def files(self, split: Split) -> tuple[list[str], list[int]]:
         """Image paths and class indices of ``split``."""

@@ -14,12 +14,11 @@ from litdata.streaming import StreamingDataLoader, StreamingDataset
 from litdata.streaming.sampler import ChunkedIndex
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from . import transforms
-from .base import ImageDataModule, Split, as_triplet, init_worker
+from .base import ImageDataModule, Split, init_worker
 from .collate import SkipUnreadable
 from .datasets import Replacement, Sample
 from .decode import decode_image
-from .image_folder import crop_schedule
+from .image_folder import ImageNetRecipe
 from .resumable import sample_seed, scheduled_transform
 from .shard import read_meta
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, AutoAugmentName, ImageTransform, Interpolation
@@ -159,7 +158,7 @@ class TrainLoader(StreamingDataLoader):
         )
 
 
-class ShardedDataModule(ImageDataModule):
+class ShardedDataModule(ImageNetRecipe, ImageDataModule):
     """Training and evaluation from streaming shards (``python -m resnest_pl.data.shard``), local or remote.
 
     The same transforms, batches, class names and evaluation settings as :class:`~resnest_pl.data.ImageNetDataModule`
@@ -207,37 +206,24 @@ class ShardedDataModule(ImageDataModule):
         predict_paths: list[str] | str | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers, pin_memory, persistent_workers, drop_last, predict_paths)
-        if auto_augment not in ("none", "autoaugment", "randaugment"):
-            raise ValueError(f"auto_augment must be 'none', 'autoaugment' or 'randaugment', got {auto_augment!r}")
-        self.crop_pct = transforms.DEFAULT_CROP_PCT if crop_pct is None else crop_pct
-        self.interpolation: Interpolation = "bicubic" if interpolation is None else interpolation
-        transforms.eval_resize_size(crop_size, self.crop_pct)
-        transforms.eval_interpolation(self.interpolation)
+        self.set_recipe(
+            crop_size,
+            eval_crop_size,
+            crop_pct,
+            interpolation,
+            auto_augment,
+            color_jitter,
+            lighting,
+            mean,
+            std,
+            train_crop_schedule,
+        )
         self.root = root.rstrip("/")
         self.cache_dir = cache_dir
-        self.crop_size = crop_size
-        self.eval_crop_size = crop_size if eval_crop_size is None else eval_crop_size
-        self.auto_augment = auto_augment
-        self.color_jitter = color_jitter
-        self.lighting = lighting
-        self.mean = as_triplet(mean, "mean")
-        self.std = as_triplet(std, "std")
-        self.train_crop_schedule = crop_schedule(train_crop_schedule)
         meta = read_meta(self.root)
         self.class_names = list(meta["class_names"])
         self.num_classes = len(self.class_names)
         self.num_samples: dict[str, int] = dict(meta["num_samples"])
-
-    def train_transform(self, crop_size: int | None = None) -> ImageTransform:
-        return transforms.imagenet_train_transform(
-            crop_size or self.crop_size, self.auto_augment, self.color_jitter, self.lighting
-        )
-
-    def train_transform_schedule(self) -> list[tuple[int, ImageTransform]]:
-        return [(epoch, self.train_transform(crop)) for epoch, crop in self.train_crop_schedule]
-
-    def eval_transform(self) -> ImageTransform:
-        return transforms.eval_transform(self.eval_crop_size, self.crop_pct, self.interpolation)
 
     def build_dataset(self, split: Split) -> ShardDataset:
         stored: str = "val" if split == "test" and "test" not in self.num_samples else split
