@@ -24,6 +24,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from .data.transforms import normalize
+from .erasing import EraseMode, RandomErasing
 from .mixing import BatchMixer
 from .models import IncompatibleCheckpointError, create_model, describe_model, same_architecture
 from .models.weights import state_mismatch
@@ -46,6 +47,9 @@ DATA_FIELDS = (
 
 # Lightning warns whenever a module overrides this hook and a data module is passed; normalising there is the plan.
 warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer` in `LightningModule` but")
+
+# Tells random erasing's generator apart from mixing's, both seeded by the training step's position.
+ERASING = 1
 
 # Parameters of these layers are never weight-decayed (the paper decays conv and linear weights only).
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
@@ -285,6 +289,12 @@ class ResNeStClassifier(pl.LightningModule):
         mix_prob: probability of mixing a batch when Mixup or CutMix is on.
         switch_prob: probability of CutMix rather than Mixup when both are on.
         mix_off_epochs: train the last this-many epochs without mixing.
+        erase_prob: random erasing (timm's ``--reprob``): the probability that a training image gets boxes
+            erased, per image, on the device after normalisation and before mixing (see
+            :class:`~resnest_pl.erasing.RandomErasing`); 0 = off. Never in validation, test or predict.
+        erase_mode: what fills the boxes (timm's ``--remode``): "pixel" per-pixel normal noise, "rand" one
+            normal colour per box, "const" zeros (the mean colour).
+        erase_count: each erased image gets 1 to this many boxes, sharing the erased area (timm's ``--recount``).
         ema_decay: keep an exponential moving average of the weights (e.g. 0.9998) through Lightning's
             ``EMAWeightAveraging`` (with :class:`FusedEMAModel`'s update); validation and the final weights use it.
             ``None`` = off.
@@ -313,6 +323,9 @@ class ResNeStClassifier(pl.LightningModule):
         mix_prob: float = 1.0,
         switch_prob: float = 0.5,
         mix_off_epochs: int = 0,
+        erase_prob: float = 0.0,
+        erase_mode: EraseMode = "pixel",
+        erase_count: int = 1,
         ema_decay: float | None = None,
         ema_every_n_steps: int = 1,
         channels_last: bool = False,
@@ -338,6 +351,7 @@ class ResNeStClassifier(pl.LightningModule):
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.mixer = BatchMixer(num_classes, mixup_alpha, cutmix_alpha, mix_prob, switch_prob, label_smoothing)
+        self.eraser = RandomErasing(erase_prob, erase_mode, erase_count)
         self.val_metrics = accuracy_metrics(num_classes, "val/")
         self.test_metrics = accuracy_metrics(num_classes, "test/")
         self.val_loss = MeanMetric()
@@ -429,7 +443,7 @@ class ResNeStClassifier(pl.LightningModule):
 
         The loaders ship raw pixels (a quarter of float32's bytes; Lightning copies pinned batches with
         ``non_blocking=True``), plus, in training with PCA lighting, a fourth element ``pixel_shift``, consumed
-        here. Mixing follows in ``training_step``, on the normalised images.
+        here. Random erasing and mixing follow in ``training_step``, on the normalised images.
         """
         images = batch[0]
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
@@ -472,6 +486,12 @@ class ResNeStClassifier(pl.LightningModule):
         # Never None, which DDP cannot skip: the data modules replace unreadable training images (ImageDataModule).
         images, targets, skipped = self._unpack(batch)
         self._input_shape = tuple(images.shape)
+        if self.eraser.enabled:
+            # Here rather than in on_after_batch_transfer, which has no batch index: the step's position seeds the
+            # boxes and noise, so a resumed run erases as the uninterrupted one on every rank. Before mixing, as in
+            # torchvision's reference and timm without its prefetcher (whose loader mixes before it erases).
+            rng = np.random.default_rng([self._mix_seed, self.global_rank, self.current_epoch, batch_idx, ERASING])
+            images = self.eraser(images, rng)
         if self._mixing_active():
             rng = np.random.default_rng([self._mix_seed, self.global_rank, self.current_epoch, batch_idx])
             images, soft_targets = self.mixer(images, targets, rng)

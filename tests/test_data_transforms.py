@@ -95,7 +95,7 @@ def test_auto_augment_policy_and_randaugment_strength():
     (ra,) = find(imagenet_train_transform(64, auto_augment="randaugment"), TorchvisionAugment)
     assert (ra.augment.num_ops, ra.augment.magnitude) == (2, 12)
     with pytest.raises(ValueError, match="auto_augment"):
-        imagenet_train_transform(64, auto_augment="trivialaugment")
+        imagenet_train_transform(64, auto_augment="augmix")
 
 
 def test_torchvision_adapter_maps_hwc_arrays_through_chw_tensors():

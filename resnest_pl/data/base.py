@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .collate import SkipUnreadable
 from .datasets import ImageFileDataset
 from .folder import find_images
+from .repeated import RepeatedAugmentationSampler
 from .resumable import ResumableSampler, SeededSamples
 from .transforms import ImageTransform
 
@@ -61,11 +62,11 @@ class ImageDataModule(pl.LightningDataModule, ABC):
 
     Training order: a :class:`~resnest_pl.data.resumable.ResumableSampler`, a ``DistributedSampler`` over the
     trainer's ranks whose shuffle and per-sample augmentation seeds depend only on the run's seed
-    (``seed_everything``), the epoch and the index. The data module's ``state_dict`` records the epoch and the
-    batches done, so a fit resumed from a mid-epoch checkpoint continues with the very next batch. Val, test
-    and test loaders are split over the ranks without padding (Lightning's ``UnrepeatedDistributedSampler``), so
-    under DDP every image counts exactly once in the metrics, with ranks running one batch more or fewer;
-    Lightning splits predict loaders the same way. ``batch_size`` is per device.
+    (``seed_everything``), the epoch and the index (and, with ``aug_repeats``, the copy). The data module's
+    ``state_dict`` records the epoch and the batches done, so a fit resumed from a mid-epoch checkpoint continues
+    with the very next batch. Val, test and test loaders are split over the ranks without padding (Lightning's
+    ``UnrepeatedDistributedSampler``), so under DDP every image counts exactly once in the metrics, with ranks
+    running one batch more or fewer; Lightning splits predict loaders the same way. ``batch_size`` is per device.
 
     Loader workers run OpenCV single-threaded (``cv2.setNumThreads(0)``: otherwise each worker starts a thread per
     core) and still get Lightning's seeding when ``seed_everything(..., workers=True)`` asked for it.
@@ -78,6 +79,9 @@ class ImageDataModule(pl.LightningDataModule, ABC):
         persistent_workers: keep workers alive between epochs (only used when ``num_workers > 0``).
         drop_last: drop the last incomplete training batch (a batch of one breaks BatchNorm in training).
         predict_paths: images for ``predict``: a folder (searched recursively), an image file, or a list.
+        aug_repeats: repeated augmentation (timm's ``--aug-repeats``): each image drawn in an epoch is shown this
+            many times, each copy augmented differently and under DDP on another process, the epoch keeping about
+            its length (:class:`~resnest_pl.data.repeated.RepeatedAugmentationSampler`); 1 is off.
     """
 
     num_classes: int
@@ -97,10 +101,13 @@ class ImageDataModule(pl.LightningDataModule, ABC):
         persistent_workers: bool = True,
         drop_last: bool = True,
         predict_paths: list[str] | str | None = None,
+        aug_repeats: int = 1,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if aug_repeats < 1:
+            raise ValueError(f"aug_repeats must be 1 (off) or more copies of each image per epoch, got {aug_repeats}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be 0 (main process) or more, got {num_workers}")
         self.batch_size = batch_size
@@ -109,6 +116,7 @@ class ImageDataModule(pl.LightningDataModule, ABC):
         self.persistent_workers = persistent_workers
         self.drop_last = drop_last
         self.predict_paths = predict_paths
+        self.aug_repeats = aug_repeats
         self._datasets: dict[str, Dataset] = {}
         self._predict_files: list[str] | None = None
         self._shuffle_seed: int | None = None
@@ -162,7 +170,12 @@ class ImageDataModule(pl.LightningDataModule, ABC):
             # The seed Lightning's own distributed sampler uses: seed_everything's, the same on every rank.
             self._shuffle_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         dataset = self.dataset("train")
-        sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, seed=self._shuffle_seed)
+        if self.aug_repeats > 1:
+            sampler: ResumableSampler = RepeatedAugmentationSampler(
+                dataset, num_replicas=world_size, rank=rank, seed=self._shuffle_seed, repeats=self.aug_repeats
+            )
+        else:
+            sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, seed=self._shuffle_seed)
         if self._resume_at is not None:
             epoch, batches = self._resume_at
             sampler.resume_at(epoch, batches * self.batch_size)

@@ -128,7 +128,7 @@ class CIFAR10DataModule(ImageDataModule):
     unless ``val_fraction`` holds out a seeded, stratified part of the training set for val.
 
     The loader arguments (``batch_size``, ``num_workers``, ``pin_memory``, ``persistent_workers``,
-    ``drop_last``, ``predict_paths``) are ImageDataModule's and documented there.
+    ``drop_last``, ``predict_paths``) and ``aug_repeats`` are ImageDataModule's and documented there.
 
     Args:
         root: folder holding ``cifar-10-batches-py`` (``cifar-100-python`` for CIFAR-100).
@@ -158,8 +158,9 @@ class CIFAR10DataModule(ImageDataModule):
         persistent_workers: bool = True,
         drop_last: bool = True,
         predict_paths: list[str] | str | None = None,
+        aug_repeats: int = 1,
     ) -> None:
-        super().__init__(batch_size, num_workers, pin_memory, persistent_workers, drop_last, predict_paths)
+        super().__init__(batch_size, num_workers, pin_memory, persistent_workers, drop_last, predict_paths, aug_repeats)
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}; 0 validates on the test split")
         self.root = root

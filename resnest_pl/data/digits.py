@@ -34,7 +34,7 @@ class DigitsDataModule(ImageDataModule):
     Normalisation statistics come from the training part.
 
     The other loader arguments (``batch_size``, ``pin_memory``, ``persistent_workers``, ``drop_last``,
-    ``predict_paths``) are ImageDataModule's and documented there.
+    ``predict_paths``) and ``aug_repeats`` are ImageDataModule's and documented there.
 
     Args:
         image_size: side of the square images (the 8x8 originals are upscaled bicubically).
@@ -56,8 +56,9 @@ class DigitsDataModule(ImageDataModule):
         persistent_workers: bool = True,
         drop_last: bool = True,
         predict_paths: list[str] | str | None = None,
+        aug_repeats: int = 1,
     ) -> None:
-        super().__init__(batch_size, num_workers, pin_memory, persistent_workers, drop_last, predict_paths)
+        super().__init__(batch_size, num_workers, pin_memory, persistent_workers, drop_last, predict_paths, aug_repeats)
         if image_size < 8:
             raise ValueError(f"image_size must be at least 8 (the digits are 8x8), got {image_size}")
         if max_shift < 0:

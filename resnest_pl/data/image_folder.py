@@ -39,10 +39,11 @@ class ImageNetRecipe:
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
         train_crop_schedule: dict[int, int] | None,
+        randaugment_ops: int = transforms.RANDAUGMENT_OPS,
+        randaugment_magnitude: int = transforms.RANDAUGMENT_MAGNITUDE,
     ) -> None:
         """Check the settings (now rather than at setup) and keep them."""
-        if auto_augment not in ("none", "autoaugment", "randaugment"):
-            raise ValueError(f"auto_augment must be 'none', 'autoaugment' or 'randaugment', got {auto_augment!r}")
+        transforms.check_auto_augment(auto_augment, randaugment_ops, randaugment_magnitude)
         self.crop_pct = transforms.DEFAULT_CROP_PCT if crop_pct is None else crop_pct
         self.interpolation = "bicubic" if interpolation is None else interpolation
         transforms.eval_resize_size(crop_size, self.crop_pct)
@@ -50,6 +51,8 @@ class ImageNetRecipe:
         self.crop_size = crop_size
         self.eval_crop_size = crop_size if eval_crop_size is None else eval_crop_size
         self.auto_augment = auto_augment
+        self.randaugment_ops = randaugment_ops
+        self.randaugment_magnitude = randaugment_magnitude
         self.color_jitter = color_jitter
         self.lighting = lighting
         self.mean = as_triplet(mean, "mean")
@@ -58,7 +61,12 @@ class ImageNetRecipe:
 
     def train_transform(self, crop_size: int | None = None) -> ImageTransform:
         return transforms.imagenet_train_transform(
-            crop_size or self.crop_size, self.auto_augment, self.color_jitter, self.lighting
+            crop_size or self.crop_size,
+            self.auto_augment,
+            self.color_jitter,
+            self.lighting,
+            self.randaugment_ops,
+            self.randaugment_magnitude,
         )
 
     def train_transform_schedule(self) -> list[tuple[int, ImageTransform]]:
@@ -76,7 +84,7 @@ class ImageFolderDataModule(ImageNetRecipe, ImageDataModule):
     ``val_fraction``. Class folders may nest sub-folders; class indices follow the sorted training folder names.
 
     The loader arguments (``batch_size``, ``num_workers``, ``pin_memory``, ``persistent_workers``,
-    ``drop_last``, ``predict_paths``) are ImageDataModule's and documented there.
+    ``drop_last``, ``predict_paths``) and ``aug_repeats`` are ImageDataModule's and documented there.
 
     Args:
         root: the dataset folder.
@@ -88,8 +96,12 @@ class ImageFolderDataModule(ImageNetRecipe, ImageDataModule):
         crop_pct: evaluation keeps the centre ``crop_pct`` of the shorter side: it resizes that side to
             ``eval_crop_size / crop_pct`` and centre-crops ``eval_crop_size``.
         interpolation: "bicubic" or "bilinear", for the evaluation resize.
-        auto_augment: "autoaugment" (ImageNet policy), "randaugment" (2 ops, magnitude 12) or "none", applied
-            before the random crop. Training resizes as the recipe does (bicubic from 320 pixels, else bilinear).
+        auto_augment: "autoaugment" (ImageNet policy), "randaugment", "trivialaugment" (TrivialAugmentWide) or
+            "none", applied before the random crop. Training resizes as the recipe does (bicubic from 320 pixels,
+            else bilinear).
+        randaugment_ops: RandAugment's operations per image (with ``auto_augment: randaugment`` only).
+        randaugment_magnitude: RandAugment's strength, 0-30 on torchvision's scale (timm's ``rand-m9-n2`` counts
+            0-10: about ``randaugment_magnitude: 27, randaugment_ops: 2``).
         color_jitter: brightness, contrast and saturation jitter; 0 disables.
         lighting: standard deviation of the PCA lighting noise; 0 disables.
         mean: per-channel normalisation mean (RGB, 0-1 scale), applied on the device by the module.
@@ -119,6 +131,9 @@ class ImageFolderDataModule(ImageNetRecipe, ImageDataModule):
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         train_crop_schedule: dict[int, int] | None = None,
+        randaugment_ops: int = transforms.RANDAUGMENT_OPS,
+        randaugment_magnitude: int = transforms.RANDAUGMENT_MAGNITUDE,
+        aug_repeats: int = 1,
         batch_size: int = 64,
         num_workers: int = 4,
         pin_memory: bool | None = None,
@@ -126,7 +141,7 @@ class ImageFolderDataModule(ImageNetRecipe, ImageDataModule):
         drop_last: bool = True,
         predict_paths: list[str] | str | None = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, pin_memory, persistent_workers, drop_last, predict_paths)
+        super().__init__(batch_size, num_workers, pin_memory, persistent_workers, drop_last, predict_paths, aug_repeats)
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.set_recipe(
@@ -140,6 +155,8 @@ class ImageFolderDataModule(ImageNetRecipe, ImageDataModule):
             mean,
             std,
             train_crop_schedule,
+            randaugment_ops,
+            randaugment_magnitude,
         )
         self.root = Path(root)
         self.val_fraction = val_fraction

@@ -8,7 +8,14 @@ from .base import Split
 from .errors import DatasetNotFoundError
 from .folder import scan_class_folders
 from .image_folder import ImageFolderDataModule
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, AutoAugmentName, Interpolation
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RANDAUGMENT_MAGNITUDE,
+    RANDAUGMENT_OPS,
+    AutoAugmentName,
+    Interpolation,
+)
 
 VALPREP_URL = "https://raw.githubusercontent.com/soumith/imagenetloader.torch/master/valprep.sh"
 _LAYOUT = "<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG (e.g. train/n01440764/n01440764_10026.JPEG)"
@@ -19,7 +26,8 @@ class ImageNetDataModule(ImageFolderDataModule):
 
     Classes are the sorted wnid folders of ``train/`` (of ``val/`` when only it is there, e.g. to evaluate
     published weights). Training follows the paper: random-resized crop (EfficientNet-style and bicubic from 320
-    pixels), flip, colour jitter 0.4, PCA lighting 0.1, optional AutoAugment / RandAugment before the crop.
+    pixels), flip, colour jitter 0.4, PCA lighting 0.1, optional AutoAugment / RandAugment / TrivialAugment before
+    the crop.
     Evaluation resizes the shorter side to ``eval_crop_size / crop_pct`` and centre-crops; the paper evaluates
     larger than it trains: ResNeSt-101 224 / 256, -200 256 / 320, -269 320 / 416, each with crop_pct
     ``crop / (crop + 32)`` and bicubic resizing (through the CLI these are the model's by default).
@@ -42,6 +50,9 @@ class ImageNetDataModule(ImageFolderDataModule):
         color_jitter: float = 0.4,
         lighting: float = 0.1,
         train_crop_schedule: dict[int, int] | None = None,
+        randaugment_ops: int = RANDAUGMENT_OPS,
+        randaugment_magnitude: int = RANDAUGMENT_MAGNITUDE,
+        aug_repeats: int = 1,
         batch_size: int = 64,
         num_workers: int = 8,
         pin_memory: bool | None = None,
@@ -62,6 +73,9 @@ class ImageNetDataModule(ImageFolderDataModule):
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
             train_crop_schedule=train_crop_schedule,
+            randaugment_ops=randaugment_ops,
+            randaugment_magnitude=randaugment_magnitude,
+            aug_repeats=aug_repeats,
             batch_size=batch_size,
             num_workers=num_workers,
             pin_memory=pin_memory,

@@ -24,9 +24,15 @@ from torch.utils.data import Dataset, DistributedSampler, Subset
 from .transforms import ImageTransform
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The augmentation seed of sample ``index`` in ``epoch`` of a run seeded with ``seed``."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+def sample_seed(seed: int, epoch: int, index: int, repeat: int = 0) -> int:
+    """The augmentation seed of sample ``index`` in ``epoch`` of a run seeded with ``seed``.
+
+    ``repeat`` numbers the copies of an image shown several times in one epoch (repeated augmentation,
+    :class:`~resnest_pl.data.repeated.RepeatedAugmentationSampler`), so that each copy is augmented differently;
+    copy 0 has the seed the image has without repetition.
+    """
+    entropy = [seed, epoch, index] if repeat == 0 else [seed, epoch, index, repeat]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 class ResumableSampler(DistributedSampler):
@@ -47,14 +53,18 @@ class ResumableSampler(DistributedSampler):
         """Skip the first ``samples_done`` samples of this rank's share of ``epoch`` (once)."""
         self._resume = (epoch, samples_done)
 
+    def order(self) -> list[tuple[int, int]]:
+        """This rank's ``(index, repeat)`` pairs of the current epoch, in order; here each image once (repeat 0)."""
+        return [(index, 0) for index in super().__iter__()]
+
     def __iter__(self) -> Iterator[tuple[int, int, int]]:  # type: ignore[override]
-        indices = list(super().__iter__())
+        order = self.order()
         start = 0
         if self._resume is not None and self._resume[0] == self.epoch:
             start = self._resume[1]
             self._resume = None
-        for index in indices[start:]:
-            yield index, sample_seed(self.seed, self.epoch, index), self.epoch
+        for index, repeat in order[start:]:
+            yield index, sample_seed(self.seed, self.epoch, index, repeat), self.epoch
 
 
 def scheduled_transform(

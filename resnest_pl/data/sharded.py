@@ -21,7 +21,15 @@ from .decode import decode_image
 from .image_folder import ImageNetRecipe
 from .resumable import sample_seed, scheduled_transform
 from .shard import read_meta
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, AutoAugmentName, ImageTransform, Interpolation
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RANDAUGMENT_MAGNITUDE,
+    RANDAUGMENT_OPS,
+    AutoAugmentName,
+    ImageTransform,
+    Interpolation,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +190,8 @@ class ShardedDataModule(ImageNetRecipe, ImageDataModule):
         root: the converter's ``--out``: a folder, or a URL (``s3://bucket/imagenet-shards``, ``gs://...``) whose
             chunks are cached locally while they are read.
         cache_dir: where remote chunks are cached (litdata's default cache folder when None).
+        aug_repeats: must be 1: repeated augmentation needs the folder modules' sampler (litdata orders the
+            shards itself).
     """
 
     def __init__(
@@ -197,6 +207,9 @@ class ShardedDataModule(ImageNetRecipe, ImageDataModule):
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         train_crop_schedule: dict[int, int] | None = None,
+        randaugment_ops: int = RANDAUGMENT_OPS,
+        randaugment_magnitude: int = RANDAUGMENT_MAGNITUDE,
+        aug_repeats: int = 1,
         cache_dir: str | None = None,
         batch_size: int = 64,
         num_workers: int = 8,
@@ -205,7 +218,13 @@ class ShardedDataModule(ImageNetRecipe, ImageDataModule):
         drop_last: bool = True,
         predict_paths: list[str] | str | None = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, pin_memory, persistent_workers, drop_last, predict_paths)
+        super().__init__(batch_size, num_workers, pin_memory, persistent_workers, drop_last, predict_paths, aug_repeats)
+        if aug_repeats != 1:
+            raise ValueError(
+                f"aug_repeats={aug_repeats}: repeated augmentation needs a sampler over the images, and litdata "
+                "orders the shards itself; set aug_repeats 1, or train from the image folder "
+                "(resnest_pl.data.ImageFolderDataModule / ImageNetDataModule)"
+            )
         self.set_recipe(
             crop_size,
             eval_crop_size,
@@ -217,6 +236,8 @@ class ShardedDataModule(ImageNetRecipe, ImageDataModule):
             mean,
             std,
             train_crop_schedule,
+            randaugment_ops,
+            randaugment_magnitude,
         )
         self.root = root.rstrip("/")
         self.cache_dir = cache_dir

@@ -21,7 +21,8 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torchvision.transforms import v2
 
-AutoAugmentName = Literal["none", "autoaugment", "randaugment"]
+AutoAugmentName = Literal["none", "autoaugment", "randaugment", "trivialaugment"]
+AUTO_AUGMENT_NAMES = ("none", "autoaugment", "randaugment", "trivialaugment")
 Interpolation = Literal["bilinear", "bicubic"]
 EVAL_INTERPOLATIONS: dict[str, int] = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 DEFAULT_CROP_PCT = 0.875
@@ -40,6 +41,7 @@ IMAGENET_PCA_EIGVEC = np.array(
 BICUBIC_FROM = 320  # the recipe switches to bicubic resizing (and an EfficientNet-style crop) from this crop size
 RANDAUGMENT_OPS = 2
 RANDAUGMENT_MAGNITUDE = 12  # of 30, as in the authors' later PyTorch recipe
+RANDAUGMENT_MAX_MAGNITUDE = 30  # torchvision's scale: 31 magnitude bins, 0-30 (timm's 'rand-mM' counts 0-10)
 
 
 def interpolation_for(crop_size: int) -> int:
@@ -160,7 +162,8 @@ class ImageTransform:
 
 
 class TorchvisionAugment(A.ImageOnlyTransform):
-    """Run a torchvision ``uint8`` tensor augmentation (AutoAugment, RandAugment) inside an albumentations pipeline.
+    """Run a torchvision ``uint8`` tensor augmentation (AutoAugment, RandAugment, TrivialAugmentWide) inside an
+    albumentations pipeline.
 
     Albumentations has no AutoAugment ImageNet policy; torchvision's implementation is reused on a CHW view of
     the array. It draws from torch's generator, which DataLoader seeds per worker.
@@ -208,19 +211,39 @@ class PCALighting(A.ImageOnlyTransform):
         return torch.tensor(IMAGENET_PCA_EIGVEC @ (alpha * IMAGENET_PCA_EIGVAL), dtype=torch.float32)
 
 
-def _auto_augment(name: AutoAugmentName) -> list[A.BasicTransform]:
-    if name == "none":
-        return []
+def check_auto_augment(name: str, randaugment_ops: int, randaugment_magnitude: int) -> None:
+    """Refuse an unknown policy or RandAugment settings torchvision's ``RandAugment`` cannot run."""
+    if name not in AUTO_AUGMENT_NAMES:
+        raise ValueError(f"auto_augment must be one of {', '.join(map(repr, AUTO_AUGMENT_NAMES))}, got {name!r}")
+    if randaugment_ops < 1:
+        raise ValueError(
+            f"randaugment_ops must be at least 1 (ops per image), got {randaugment_ops}; "
+            "to turn the policy off set auto_augment none"
+        )
+    if not 0 <= randaugment_magnitude <= RANDAUGMENT_MAX_MAGNITUDE:
+        raise ValueError(
+            f"randaugment_magnitude must lie in 0..{RANDAUGMENT_MAX_MAGNITUDE} (torchvision's scale; timm's "
+            f"'rand-m9' is about 27), got {randaugment_magnitude}"
+        )
+
+
+def _auto_augment(
+    name: AutoAugmentName,
+    randaugment_ops: int = RANDAUGMENT_OPS,
+    randaugment_magnitude: int = RANDAUGMENT_MAGNITUDE,
+) -> list[A.BasicTransform]:
+    check_auto_augment(name, randaugment_ops, randaugment_magnitude)
     # Bilinear rather than torchvision's default nearest for the geometric ops: closer to the bicubic the
     # reference policy uses (tensor affine warps offer nearest and bilinear only).
+    bilinear = v2.InterpolationMode.BILINEAR
     if name == "autoaugment":
-        augment = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=v2.InterpolationMode.BILINEAR)
+        augment: v2.Transform = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=bilinear)
     elif name == "randaugment":
-        augment = v2.RandAugment(
-            num_ops=RANDAUGMENT_OPS, magnitude=RANDAUGMENT_MAGNITUDE, interpolation=v2.InterpolationMode.BILINEAR
-        )
+        augment = v2.RandAugment(num_ops=randaugment_ops, magnitude=randaugment_magnitude, interpolation=bilinear)
+    elif name == "trivialaugment":
+        augment = v2.TrivialAugmentWide(interpolation=bilinear)
     else:
-        raise ValueError(f"auto_augment must be 'none', 'autoaugment' or 'randaugment', got {name!r}")
+        return []
     return [TorchvisionAugment(augment)]
 
 
@@ -229,10 +252,13 @@ def imagenet_train_transform(
     auto_augment: AutoAugmentName = "none",
     color_jitter: float = 0.4,
     lighting: float = 0.1,
+    randaugment_ops: int = RANDAUGMENT_OPS,
+    randaugment_magnitude: int = RANDAUGMENT_MAGNITUDE,
 ) -> ImageTransform:
     """The ResNeSt ImageNet training pipeline.
 
-    [AutoAugment | RandAugment on the full image] -> random-resized crop -> horizontal flip -> colour jitter
+    [AutoAugment | RandAugment (``randaugment_ops`` ops of ``randaugment_magnitude``, of 30) | TrivialAugmentWide,
+    on the full image] -> random-resized crop -> horizontal flip -> colour jitter
     (brightness, contrast, saturation) -> ``uint8`` tensor [+ the PCA lighting shift, added on the device after
     normalisation by :func:`normalize`]. Below 320 pixels the crop covers
     8-100 % of the image area with bilinear resizing; from 320 it is the recipe's EfficientNet-style crop, 10-100 %
@@ -243,7 +269,7 @@ def imagenet_train_transform(
     scale = (0.1, 1.0) if crop_size >= BICUBIC_FROM else (0.08, 1.0)
     ratio = (3 / 4, 4 / 3)
     steps: list[A.BasicTransform] = [
-        *_auto_augment(auto_augment),
+        *_auto_augment(auto_augment, randaugment_ops, randaugment_magnitude),
         A.RandomResizedCrop(
             size=(crop_size, crop_size),
             scale=scale,
