@@ -249,3 +249,34 @@ def test_unknown_erase_mode_and_policy_are_refused(tmp_path: Path, capsys) -> No
     assert code == 2 and "erase_mode" in err and "pixel" in err
     with pytest.raises(ValueError, match="auto_augment must be one of 'none', 'autoaugment', 'randaugment', 'triv"):
         imagenet_train_transform(32, auto_augment="augmix")
+
+
+# ---- exact resume ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_resume_mid_epoch_is_exact_with_erasing_and_repeats(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A run that fails after step 3 of 6 and is resumed from its last checkpoint ends with the uninterrupted run's
+    weights to the bit: the repeated sampler skips exactly the done batches and erasing draws from the step."""
+    switches = ["--model.erase_prob", "0.5", "--model.erase_count", "2", "--data.aug_repeats", "2"]
+    switches += ["--model.mixup_alpha", "0.2", "--trainer.limit_train_batches", "6", "--trainer.limit_val_batches", "2"]
+
+    def fit(root: Path, *extra: str) -> list[str]:
+        base = ["fit", "--config", str(CONFIGS / "quickstart.yaml"), *QUICK, "--trainer.logger", "false"]
+        return [*base, "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(root), *switches, *extra]
+
+    code, err = run_cli(fit(tmp_path / "full"), capsys)
+    assert code == 0, err
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")  # FailOnFirstAttempt fails the first attempt only
+    fail = ["--trainer.callbacks+=tests.interrupt.FailOnFirstAttempt", "--trainer.callbacks.step", "3"]
+    with pytest.raises(RuntimeError, match="failure injected after step 3"):
+        run_cli(fit(tmp_path / "failed", *fail), capsys)
+    last = tmp_path / "failed" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+    code, err = run_cli(fit(tmp_path / "failed", "--ckpt_path", "last"), capsys)
+    assert code == 0, err
+    resumed = torch.load(last, weights_only=True)
+    full = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == full["global_step"] == 6
+    for key, value in full["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0, msg=key)
