@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from jsonargparse import Namespace
 from torch import nn
 from torchvision.transforms import v2
 
@@ -16,10 +18,13 @@ from resnest_pl.data.repeated import RepeatedAugmentationSampler
 from resnest_pl.data.resumable import ResumableSampler, SeededSamples, sample_seed
 from resnest_pl.data.transforms import TorchvisionAugment
 from resnest_pl.erasing import RandomErasing
+from resnest_pl.models.config import ResNeStConfig
 from resnest_pl.module import ResNeStClassifier
 
+from .cli_config import parsed_config
 from .fixtures import write_jpeg_tree
-from .helpers import CONFIGS, QUICK, TINY, run_cli
+from .helpers import CONFIGS, QUICK, ROOT, TINY, run_cli
+from .test_recipe import markdown_table
 
 # ---- random erasing ------------------------------------------------------------------------------------------
 
@@ -214,6 +219,29 @@ def test_data_module_uses_the_repeated_sampler() -> None:
     assert type(plain.sampler) is ResumableSampler and len(plain) == 1437 // 64
     assert isinstance(repeated.sampler, RepeatedAugmentationSampler) and repeated.sampler.repeats == 3
     assert len(repeated) == 1280 // 64  # 1437 images rounded down to a multiple of 256
+
+
+# ---- the README's switch table ------------------------------------------------------------------------------------
+
+
+def test_every_switch_of_the_readme_table_is_a_config_key() -> None:
+    rows = markdown_table((ROOT / "README.md").read_text(), "| switch (CLI key) |")
+    keys = [row["switch (CLI key)"].strip("`") for row in rows]
+    assert {"model.erase_prob", "model.erase_mode", "model.erase_count", "data.aug_repeats"} <= set(keys)
+    assert {"data.auto_augment", "data.randaugment_ops", "data.randaugment_magnitude"} <= set(keys)
+    config = parsed_config("--config", str(CONFIGS / "imagenet" / "resnest50.yaml"))
+    overrides = {field.name for field in dataclasses.fields(ResNeStConfig)}
+    for key in keys:
+        parts = key.split(".")
+        if parts[:2] == ["model", "model_overrides"]:
+            assert parts[2] in overrides, key
+            continue
+        node = config
+        for part in parts:
+            if isinstance(node, Namespace) and part not in node and "init_args" in node:
+                node = node.init_args  # a class's arguments: data.batch_size, model.optimizer.lr
+            assert isinstance(node, Namespace) and part in node, key
+            node = node[part]
 
 
 # ---- bad values through the CLI ------------------------------------------------------------------------------------
