@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import numpy as np
 import torch
 
 EraseMode = Literal["const", "rand", "pixel"]
-ERASE_MODES = ("const", "rand", "pixel")
+ERASE_MODES: tuple[str, ...] = get_args(EraseMode)
 
 
 @dataclass(frozen=True)

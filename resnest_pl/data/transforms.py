@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import albumentations as A
 import cv2
@@ -22,7 +22,7 @@ from albumentations.pytorch import ToTensorV2
 from torchvision.transforms import v2
 
 AutoAugmentName = Literal["none", "autoaugment", "randaugment", "trivialaugment"]
-AUTO_AUGMENT_NAMES = ("none", "autoaugment", "randaugment", "trivialaugment")
+AUTO_AUGMENT_NAMES: tuple[str, ...] = get_args(AutoAugmentName)
 Interpolation = Literal["bilinear", "bicubic"]
 EVAL_INTERPOLATIONS: dict[str, int] = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 DEFAULT_CROP_PCT = 0.875
