@@ -23,6 +23,8 @@ from torch.optim.swa_utils import AveragedModel
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from .data.device_decode import decode_batch
+from .data.encoded import EncodedImages
 from .data.transforms import normalize
 from .mixing import BatchMixer
 from .models import IncompatibleCheckpointError, create_model, describe_model, same_architecture
@@ -429,8 +431,11 @@ class ResNeStClassifier(pl.LightningModule):
 
         The loaders ship raw pixels (a quarter of float32's bytes; Lightning copies pinned batches with
         ``non_blocking=True``), plus, in training with PCA lighting, a fourth element ``pixel_shift``, consumed
-        here. Mixing follows in ``training_step``, on the normalised images.
+        here. Mixing follows in ``training_step``, on the normalised images. With ``decode_on_device`` the training
+        batches hold JPEG bytes, decoded and cropped here first (:func:`resnest_pl.data.device_decode.decode_batch`).
         """
+        if isinstance(batch[0], EncodedImages):
+            batch = decode_batch(batch, self.device)
         images = batch[0]
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
             return batch

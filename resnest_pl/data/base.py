@@ -6,7 +6,7 @@ import functools
 import os
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import cv2
@@ -209,7 +209,7 @@ class ImageDataModule(pl.LightningDataModule, ABC):
         sampler: ResumableSampler | None = None,
     ) -> DataLoader:
         crop = crop or self.eval_crop_size
-        collate = SkipUnreadable((3, crop, crop), count_skipped=split != "predict")
+        collate = self.collate_for(split, crop)
         dataset = self.dataset(split)
         trainer = self.trainer
         world_size, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
@@ -233,6 +233,10 @@ class ImageDataModule(pl.LightningDataModule, ABC):
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             collate_fn=collate,
         )
+
+    def collate_for(self, split: Split | Literal["predict"], crop: int) -> Callable[[list[Any]], Any]:
+        """How the loader of ``split`` (images ``crop`` pixels square) makes its batches."""
+        return SkipUnreadable((3, crop, crop), count_skipped=split != "predict")
 
     def _pin(self) -> bool:
         if self.pin_memory is not None:
