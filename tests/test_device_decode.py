@@ -6,6 +6,7 @@ refusal on a CPU trainer is checked through the CLI.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -21,10 +22,11 @@ from lightning_fabric.utilities.apply_func import move_data_to_device
 from PIL import Image
 from pytorch_lightning.callbacks import Callback
 from torchvision.io import decode_jpeg
+from torchvision.transforms.v2 import functional as F
 
 from resnest_pl.data import ImageFolderDataModule, normalize
 from resnest_pl.data import image_folder as image_folder_module
-from resnest_pl.data.device_decode import CropDraw, crop_image, decode_batch, draw_crop
+from resnest_pl.data.device_decode import CropDraw, color_jitter, crop_image, decode_batch, draw_crop
 from resnest_pl.data.encoded import DeviceCrop, EncodedImages
 from resnest_pl.data.transforms import IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC
 from resnest_pl.module import ResNeStClassifier
@@ -49,7 +51,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def device_data(root: Path, **kwargs: Any) -> ImageFolderDataModule:
     options: dict[str, Any] = dict(
-        crop_size=CROP, color_jitter=0.0, decode_on_device=True, batch_size=BATCH, num_workers=0, drop_last=False
+        crop_size=CROP, decode_on_device=True, batch_size=BATCH, num_workers=0, drop_last=False
     )
     options.update(kwargs)
     return ImageFolderDataModule(str(root), **options)
@@ -65,8 +67,8 @@ def reference_crop(path: str, draw: CropDraw, size: int) -> torch.Tensor:
 
 
 def test_crop_draws_follow_the_seed_and_the_recipe_ranges() -> None:
-    crop = DeviceCrop.recipe(CROP, lighting=0.1)
-    assert crop.scale == (0.08, 1.0) and DeviceCrop.recipe(320, 0.0).scale == (0.1, 1.0)  # the CPU recipe's
+    crop = DeviceCrop.recipe(CROP, color_jitter=0.4, lighting=0.1)
+    assert crop.scale == (0.08, 1.0) and DeviceCrop.recipe(320, 0.0, 0.0).scale == (0.1, 1.0)  # the CPU recipe's
     draws = [draw_crop(seed, 300, 400, crop) for seed in range(300)]
     assert draws == [draw_crop(seed, 300, 400, crop) for seed in range(300)]  # a function of the seed alone
     assert len(set(draws)) == 300
@@ -78,9 +80,12 @@ def test_crop_draws_follow_the_seed_and_the_recipe_ranges() -> None:
     assert 120 < sum(draw.flip for draw in draws) < 180
     alphas = np.array([draw.alpha for draw in draws])
     assert 0.08 < alphas.std() < 0.12 and abs(alphas.mean()) < 0.02
-    # The flip and the lighting do not depend on the image's size, only the box does.
+    factors = np.array([draw.jitter for draw in draws])
+    assert 0.6 <= factors.min() < 0.62 and 1.38 < factors.max() <= 1.4
+    assert {draw.jitter_order for draw in draws} == set(itertools.permutations(range(3)))
+    # The flip, the jitter and the lighting do not depend on the image's size, only the box does.
     other = draw_crop(7, 50, 70, crop)
-    assert (other.flip, other.alpha) == (draws[7].flip, draws[7].alpha) and other[:4] != draws[7][:4]
+    assert other[4:] == draws[7][4:] and other[:4] != draws[7][:4]
     # No box of the drawn shape fits a 1000 x 10 strip: the fallback is the centre at the widest allowed ratio.
     assert draw_crop(3, 1000, 10, crop)[:4] == ((1000 - 13) // 2, 0, 13, 10)  # 13 = round(10 / (3 / 4))
 
@@ -97,8 +102,24 @@ def test_crop_image_resizes_the_box_and_flips_it() -> None:
     assert (out.float() - expected).abs().max() <= 1.0  # uint8 and float resizing round differently
 
 
+def test_color_jitter_applies_each_images_factors_in_its_order() -> None:
+    images = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (6, 3, 8, 8), dtype=np.uint8))
+    crop = DeviceCrop.recipe(8, color_jitter=0.4, lighting=0.0)
+    draws = [draw_crop(seed, 8, 8, crop) for seed in range(6)]
+    out = color_jitter(images, draws)
+    adjust = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
+    for image, draw, result in zip(images, draws, out, strict=True):
+        expected = image.float() / 255  # torchvision's own adjustments, one image and one factor at a time
+        for kind in draw.jitter_order:
+            expected = adjust[kind](expected, draw.jitter[kind])
+        assert (result.float() - expected * 255).abs().max() <= 0.51
+    assert not torch.equal(out, images)
+    unjittered = [draw._replace(jitter=(1.0, 1.0, 1.0)) for draw in draws]
+    assert torch.equal(color_jitter(images, unjittered), images)
+
+
 def test_batches_match_a_reference_crop_of_each_decoded_file(folder: Path) -> None:
-    data = device_data(folder, lighting=0.1)
+    data = device_data(folder, color_jitter=0.0, lighting=0.1)
     data.setup("fit")  # no trainer: nothing to refuse
     loader = data.train_dataloader()
     keys = list(loader.sampler)[:BATCH]
@@ -108,7 +129,7 @@ def test_batches_match_a_reference_crop_of_each_decoded_file(folder: Path) -> No
     assert images.shape == (BATCH, 3, CROP, CROP) and images.dtype == torch.uint8
     dataset = data.dataset("train")
     assert targets.tolist() == [dataset.targets[index] for index, _, _ in keys] and int(skipped) == 0
-    crop = DeviceCrop.recipe(CROP, 0.1)
+    crop = DeviceCrop.recipe(CROP, 0.0, 0.1)
     for i, (index, seed, _) in enumerate(keys):
         path = dataset.files[index]
         width, height = Image.open(path).size
@@ -140,7 +161,15 @@ def test_unreadable_files_are_replaced_and_counted_and_other_formats_decoded_by_
     png = tmp_path / "b" / "flat.png"
     png.parent.mkdir()
     Image.fromarray(np.full((30, 40, 3), (10, 200, 30), dtype=np.uint8)).save(png)
-    data = device_data(tmp_path, val_fraction=0.0, lighting=0.0, batch_size=3, num_workers=1, persistent_workers=False)
+    data = device_data(
+        tmp_path,
+        val_fraction=0.0,
+        color_jitter=0.0,
+        lighting=0.0,
+        batch_size=3,
+        num_workers=1,
+        persistent_workers=False,
+    )
     loader = data.train_dataloader()
     keys = [index for index, _, _ in loader.sampler]
     with caplog.at_level(logging.WARNING):
@@ -204,18 +233,18 @@ def one_error_line(code: int, err: str) -> str:
 
 
 def test_a_cpu_trainer_is_refused_through_the_cli(folder: Path, tmp_path: Path, capsys) -> None:
-    code, err = run_cli(fit_args(folder, tmp_path, "--data.init_args.color_jitter", "0"), capsys)
+    code, err = run_cli(fit_args(folder, tmp_path), capsys)
     line = one_error_line(code, err)
     assert line.startswith("error: decode_on_device needs a CUDA GPU, but ")
     assert line.endswith("drop it (the default CPU decoding is used)")
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_augmentations_the_device_does_not_do_are_refused(folder: Path, tmp_path: Path, capsys) -> None:
-    code, err = run_cli(fit_args(folder, tmp_path), capsys)  # the recipe's default colour jitter, 0.4
+def test_auto_augment_is_refused(folder: Path, tmp_path: Path, capsys) -> None:
+    code, err = run_cli(fit_args(folder, tmp_path, "--data.init_args.auto_augment", "autoaugment"), capsys)
     assert one_error_line(code, err) == (
-        "error: decode_on_device cannot apply color_jitter=0.4 (it runs on the CPU only); set color_jitter: 0 or "
-        "drop decode_on_device"
+        "error: decode_on_device cannot apply auto_augment='autoaugment' (it runs on the CPU, before the crop); "
+        "set auto_augment: none or drop decode_on_device"
     )
     with pytest.raises(ValueError, match="decode_on_device cannot apply auto_augment='randaugment'"):
         device_data(folder, auto_augment="randaugment")

@@ -1,8 +1,9 @@
-"""Decoding, random-resized crop, flip and PCA lighting of training JPEGs on the device (``decode_on_device``).
+"""Decoding, random-resized crop, flip, colour jitter and PCA lighting of training JPEGs on the device
+(``decode_on_device``).
 
 The loader workers only read the files (:mod:`resnest_pl.data.encoded`); ``ResNeStClassifier``'s
 ``on_after_batch_transfer`` calls :func:`decode_batch`, which decodes the batch's JPEGs in one
-``torchvision.io.decode_jpeg`` call (nvJPEG on a CUDA device), draws every image's crop, flip and lighting
+``torchvision.io.decode_jpeg`` call (nvJPEG on a CUDA device), draws every image's crop, flip, jitter and lighting
 from its own seed (``(run seed, epoch, index)``, so a resumed run augments exactly as before), and returns
 the batch the CPU pipeline would: ``(uint8 (N, 3, S, S), targets, num_skipped[, pixel_shift])``. Everything
 here also runs on the CPU (``device="cpu"``), which is how it is tested.
@@ -34,20 +35,25 @@ CROP_ATTEMPTS = 10  # tries at a box of the drawn area and ratio before the cent
 
 
 class CropDraw(NamedTuple):
-    """One image's augmentations: the crop box, whether to flip it, and its PCA lighting weights."""
+    """One image's augmentations: the crop box, whether to flip it, its colour jitter (brightness, contrast and
+    saturation factors, and the order to apply them in: indices into those three) and its PCA lighting weights."""
 
     top: int
     left: int
     height: int
     width: int
     flip: bool
-    alpha: tuple[float, float, float]
+    jitter: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    jitter_order: tuple[int, int, int] = (0, 1, 2)
+    alpha: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 def draw_crop(seed: int, height: int, width: int, crop: DeviceCrop) -> CropDraw:
     """The augmentations of an image of ``height`` x ``width`` pixels, from its seed alone.
 
-    The flip and the lighting weights are drawn first, so they do not depend on the image's size. The box is the
+    The flip, the jitter and the lighting weights are drawn first, so they do not depend on the image's size.
+    Jitter factors are uniform in ``[max(0, 1 - j), 1 + j]`` for ``j = crop.color_jitter``, applied in a random
+    order, as albumentations' and torchvision's ``ColorJitter`` draw them. The box is the
     Inception-style random-resized crop the CPU recipe draws (albumentations' and torchvision's): up to 10 tries
     at an area in ``crop.scale`` of the image and a log-uniform aspect ratio in ``crop.ratio``, else the whole
     image cut to the nearest allowed ratio, centred. Written here rather than taken from torchvision's
@@ -55,21 +61,26 @@ def draw_crop(seed: int, height: int, width: int, crop: DeviceCrop) -> CropDraw:
     """
     rng = random.Random(seed)
     flip = rng.random() < 0.5
+    low, high = max(0.0, 1.0 - crop.color_jitter), 1.0 + crop.color_jitter
+    jitter = (rng.uniform(low, high), rng.uniform(low, high), rng.uniform(low, high))
+    order = [0, 1, 2]
+    rng.shuffle(order)
     alpha = (rng.gauss(0.0, crop.lighting), rng.gauss(0.0, crop.lighting), rng.gauss(0.0, crop.lighting))
+    drawn = {"flip": flip, "jitter": jitter, "jitter_order": tuple(order), "alpha": alpha}
     log_ratio = (math.log(crop.ratio[0]), math.log(crop.ratio[1]))
     for _ in range(CROP_ATTEMPTS):
         area = height * width * rng.uniform(*crop.scale)
         aspect = math.exp(rng.uniform(*log_ratio))
         box_w, box_h = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
         if 0 < box_w <= width and 0 < box_h <= height:
-            return CropDraw(rng.randint(0, height - box_h), rng.randint(0, width - box_w), box_h, box_w, flip, alpha)
+            return CropDraw(rng.randint(0, height - box_h), rng.randint(0, width - box_w), box_h, box_w, **drawn)
     aspect = width / height
     box_w, box_h = width, height
     if aspect < crop.ratio[0]:
         box_h = round(width / crop.ratio[0])
     elif aspect > crop.ratio[1]:
         box_w = round(height * crop.ratio[1])
-    return CropDraw((height - box_h) // 2, (width - box_w) // 2, box_h, box_w, flip, alpha)
+    return CropDraw((height - box_h) // 2, (width - box_w) // 2, box_h, box_w, **drawn)
 
 
 def interpolation_at(size: int) -> InterpolationMode:
@@ -84,6 +95,51 @@ def crop_image(image: torch.Tensor, draw: CropDraw, size: int) -> torch.Tensor:
         image, draw.top, draw.left, draw.height, draw.width, [size, size], interpolation_at(size), antialias=True
     )
     return F.horizontal_flip(out) if draw.flip else out
+
+
+def _brightness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return images * factor
+
+
+def _contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    mean = F.rgb_to_grayscale(images).mean(dim=(-3, -2, -1), keepdim=True)
+    return images * factor + mean * (1 - factor)
+
+
+def _saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return images * factor + F.rgb_to_grayscale(images) * (1 - factor)
+
+
+JITTERS = (_brightness, _contrast, _saturation)  # in the order of CropDraw.jitter
+
+
+def color_jitter(images: torch.Tensor, draws: Sequence[CropDraw]) -> torch.Tensor:
+    """``uint8`` ``(N, 3, S, S)`` -> each image's brightness, contrast and saturation scaled by its drawn factors,
+    in its drawn order, clipped to 0..255 after each step (as torchvision's ``adjust_*`` do).
+
+    Batched by hand because torchvision's ``adjust_brightness`` and the like take one factor per call: three
+    calls per image. Here each of the three steps applies all three adjustments to the whole batch, with factor 1
+    (no change) for the images that apply another one at that step: nine batched operations per batch.
+    """
+    # factors[step, kind, i]: image i's factor of adjustment kind at that step, 1 where it applies another.
+    factors = np.ones((3, 3, len(draws)), dtype=np.float32)
+    for i, draw in enumerate(draws):
+        for step, kind in enumerate(draw.jitter_order):
+            factors[step, kind, i] = draw.jitter[kind]
+    table = _to_device(torch.from_numpy(factors), images.device)
+    out = images.float()
+    for step in range(3):
+        for kind, adjust in enumerate(JITTERS):
+            out = adjust(out, table[step, kind].view(-1, 1, 1, 1)).clamp_(0, 255)
+    return out.round_().to(torch.uint8)
+
+
+def _to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on ``device``; from pinned memory to a GPU, since a copy from pageable memory waits
+    for the device."""
+    if device.type == "cuda":
+        return values.pin_memory().to(device, non_blocking=True)
+    return values.to(device)
 
 
 @functools.cache
@@ -170,9 +226,7 @@ def lighting_shift(draws: Sequence[CropDraw], device: torch.device) -> torch.Ten
     gives them, for :func:`~resnest_pl.data.normalize` to add."""
     alphas = np.array([draw.alpha for draw in draws])
     shifts = torch.from_numpy(((alphas * IMAGENET_PCA_EIGVAL) @ IMAGENET_PCA_EIGVEC.T).astype(np.float32))
-    if device.type == "cuda":  # from pinned memory: a copy from pageable memory would wait for the device
-        return shifts.pin_memory().to(device, non_blocking=True)
-    return shifts.to(device)
+    return _to_device(shifts, device)
 
 
 def decode_batch(batch: Sequence[torch.Tensor | EncodedImages], device: torch.device | str) -> tuple[torch.Tensor, ...]:
@@ -199,7 +253,10 @@ def decode_batch(batch: Sequence[torch.Tensor | EncodedImages], device: torch.de
     if replaced:
         targets = targets[torch.tensor(sources, device=targets.device)]
         skipped = skipped + replaced
-    out: tuple[torch.Tensor, ...] = (torch.stack(crops), targets, skipped)  # type: ignore[assignment]
+    pixels = torch.stack(crops)
+    if encoded.crop.color_jitter > 0:
+        pixels = color_jitter(pixels, draws)
+    out: tuple[torch.Tensor, ...] = (pixels, targets, skipped)  # type: ignore[assignment]
     if encoded.crop.lighting > 0:
         out += (lighting_shift(draws, device),)
     return out
@@ -217,15 +274,10 @@ def check_decode_device(device: torch.device) -> None:
     raise ValueError(f"decode_on_device needs a CUDA GPU, but {problem}; {fix} (the default CPU decoding is used)")
 
 
-def check_device_augmentations(auto_augment: str, color_jitter: float) -> None:
+def check_device_augmentations(auto_augment: str) -> None:
     """Refuse ``decode_on_device`` with the augmentations it does not do on the device."""
     if auto_augment != "none":
         raise ValueError(
             f"decode_on_device cannot apply auto_augment={auto_augment!r} (it runs on the CPU, before the crop); "
             "set auto_augment: none or drop decode_on_device"
-        )
-    if color_jitter > 0:
-        raise ValueError(
-            f"decode_on_device cannot apply color_jitter={color_jitter} (it runs on the CPU only); set "
-            "color_jitter: 0 or drop decode_on_device"
         )

@@ -27,18 +27,21 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class DeviceCrop:
     """The training augmentations done on the device: the ImageNet recipe's random-resized crop to ``size``
-    (area ``scale``, aspect ratio ``ratio``), a horizontal flip with probability 1/2, and PCA lighting noise of
-    standard deviation ``lighting`` (0: none)."""
+    (area ``scale``, aspect ratio ``ratio``), a horizontal flip with probability 1/2, brightness, contrast and
+    saturation jitter of strength ``color_jitter`` and PCA lighting noise of standard deviation ``lighting``
+    (0: none)."""
 
     size: int
     scale: tuple[float, float]
     ratio: tuple[float, float]
+    color_jitter: float
     lighting: float
 
     @classmethod
-    def recipe(cls, size: int, lighting: float) -> DeviceCrop:
-        """The recipe's crop at ``size`` pixels (its area range grows from 320 pixels, as on the CPU)."""
-        return cls(size, crop_scale(size), CROP_RATIO, lighting)
+    def recipe(cls, size: int, color_jitter: float, lighting: float) -> DeviceCrop:
+        """The recipe's augmentations at ``size`` pixels (the crop's area range grows from 320 pixels, as on the
+        CPU)."""
+        return cls(size, crop_scale(size), CROP_RATIO, color_jitter, lighting)
 
 
 class SeededCrop:

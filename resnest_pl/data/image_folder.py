@@ -49,7 +49,7 @@ class ImageNetRecipe:
         if auto_augment not in ("none", "autoaugment", "randaugment"):
             raise ValueError(f"auto_augment must be 'none', 'autoaugment' or 'randaugment', got {auto_augment!r}")
         if decode_on_device:
-            check_device_augmentations(auto_augment, color_jitter)
+            check_device_augmentations(auto_augment)
         self.crop_pct = transforms.DEFAULT_CROP_PCT if crop_pct is None else crop_pct
         self.interpolation = "bicubic" if interpolation is None else interpolation
         transforms.eval_resize_size(crop_size, self.crop_pct)
@@ -68,7 +68,7 @@ class ImageNetRecipe:
         """The training pipeline; with ``decode_on_device``, what the workers hand on instead: the crop the
         device does, and each sample's seed."""
         if self.decode_on_device:
-            return SeededCrop(DeviceCrop.recipe(crop_size or self.crop_size, self.lighting))
+            return SeededCrop(DeviceCrop.recipe(crop_size or self.crop_size, self.color_jitter, self.lighting))
         return transforms.imagenet_train_transform(
             crop_size or self.crop_size, self.auto_augment, self.color_jitter, self.lighting
         )
@@ -111,10 +111,10 @@ class ImageFolderDataModule(ImageNetRecipe, ImageDataModule):
             first key train at ``crop_size``; evaluation stays at ``eval_crop_size``. A resumed run picks the
             crop of its epoch.
         decode_on_device: training on a CUDA GPU only: the loader workers just read the files, and the GPU
-            decodes the JPEGs (nvJPEG, batched) and does the random-resized crop, flip and PCA lighting, each
-            drawn from the image's own seed as on the CPU (:mod:`resnest_pl.data.device_decode`). For
-            loaders that cannot keep up with the GPU; refused on the CPU and with ``auto_augment`` or
-            ``color_jitter`` (CPU-only augmentations). Val, test and predict decode on the CPU as usual.
+            decodes the JPEGs (nvJPEG, batched) and does the random-resized crop, flip, colour jitter and PCA
+            lighting, each drawn from the image's own seed as on the CPU (:mod:`resnest_pl.data.device_decode`).
+            For loaders that cannot keep up with the GPU; refused on the CPU and with ``auto_augment`` (which
+            runs on the CPU, before the crop). Val, test and predict decode on the CPU as usual.
 
     The three evaluation settings default to None: the CLI sets them to the model's published ones (how its
     top-1 was measured, ``resnest_pl.models.get_variant(name)``); built directly, None means ``crop_size``,
