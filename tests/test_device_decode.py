@@ -26,13 +26,20 @@ from torchvision.transforms.v2 import functional as F
 
 from resnest_pl.data import ImageFolderDataModule, normalize
 from resnest_pl.data import image_folder as image_folder_module
-from resnest_pl.data.device_decode import CropDraw, color_jitter, crop_image, decode_batch, draw_crop
+from resnest_pl.data.device_decode import (
+    CropDraw,
+    check_decode_device,
+    color_jitter,
+    crop_image,
+    decode_batch,
+    draw_crop,
+)
 from resnest_pl.data.encoded import DeviceCrop, EncodedImages
 from resnest_pl.data.transforms import IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC
 from resnest_pl.module import ResNeStClassifier
 
 from .fixtures import write_broken_images, write_images
-from .helpers import QUICK, TINY, make_trainer, run_cli
+from .helpers import CONFIGS, QUICK, TINY, make_trainer, run_cli
 
 SIZES = [(60, 45), (45, 60), (80, 30)]  # width x height of each class's JPEGs
 CROP = 24
@@ -215,14 +222,15 @@ def test_the_module_decodes_and_normalises_before_its_steps(folder: Path, monkey
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
-def fit_args(root: Path, tmp_path: Path, *extra: str) -> list[str]:
+def fit_args(root: Path, tmp_path: Path, *configs: str) -> list[str]:
+    """A one-step CPU fit of a tiny model with decode_on_device, on the folder module or the ``configs``' module."""
+    data = [] if configs else ["--data", "resnest_pl.data.ImageFolderDataModule"]
     return [
-        "fit",
-        *("--data", "resnest_pl.data.ImageFolderDataModule", "--data.init_args.root", str(root)),
-        *("--data.init_args.crop_size", str(CROP), "--data.init_args.decode_on_device", "true"),
+        *("fit", *configs, *data, "--data.init_args.root", str(root), "--data.init_args.crop_size", str(CROP)),
+        *("--data.init_args.decode_on_device", "true", "--data.init_args.num_workers", "0"),
         *("--model.model_name", "resnest14d", "--model.model_overrides", json.dumps(TINY)),
         *("--trainer.accelerator", "cpu", "--trainer.max_steps", "1", "--trainer.logger", "false"),
-        *("--trainer.default_root_dir", str(tmp_path), *QUICK, *extra),
+        *("--trainer.default_root_dir", str(tmp_path), *QUICK),
     ]
 
 
@@ -233,15 +241,28 @@ def one_error_line(code: int, err: str) -> str:
 
 
 def test_a_cpu_trainer_is_refused_through_the_cli(folder: Path, tmp_path: Path, capsys) -> None:
-    code, err = run_cli(fit_args(folder, tmp_path), capsys)
+    """With the preset after the ImageNet recipe, whose AutoAugment it turns off (or that would be the error)."""
+    configs = [CONFIGS / "imagenet" / "resnest50.yaml", CONFIGS / "data" / "decode-on-device.yaml"]
+    code, err = run_cli(fit_args(folder, tmp_path, *(f"--config={config}" for config in configs)), capsys)
     line = one_error_line(code, err)
     assert line.startswith("error: decode_on_device needs a CUDA GPU, but ")
     assert line.endswith("drop it (the default CPU decoding is used)")
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_a_cpu_trainer_on_a_gpu_machine_is_told_to_train_on_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    check_decode_device(torch.device("cuda", 1))  # accepted
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ValueError) as refused:
+        check_decode_device(torch.device("cpu"))
+    assert str(refused.value) == (
+        "decode_on_device needs a CUDA GPU, but the trainer runs on the cpu; train on the GPU (e.g. --config "
+        "configs/trainer/gpu.yaml) or drop it (the default CPU decoding is used)"
+    )
+
+
 def test_auto_augment_is_refused(folder: Path, tmp_path: Path, capsys) -> None:
-    code, err = run_cli(fit_args(folder, tmp_path, "--data.init_args.auto_augment", "autoaugment"), capsys)
+    code, err = run_cli([*fit_args(folder, tmp_path), "--data.init_args.auto_augment", "autoaugment"], capsys)
     assert one_error_line(code, err) == (
         "error: decode_on_device cannot apply auto_augment='autoaugment' (it runs on the CPU, before the crop); "
         "set auto_augment: none or drop decode_on_device"
