@@ -173,7 +173,7 @@ def decode_jpegs(data: Sequence[torch.Tensor], device: torch.device | str) -> li
     decoded.
 
     One batched call first; if it fails (``decode_jpeg`` returns nothing when any image fails), each image
-    alone, and any the device's decoder rejects (nvJPEG: e.g. CMYK JPEGs) decoded by OpenCV on the host.
+    alone, and any that the device's decoder rejects by OpenCV on the host, which also reads CMYK JPEGs.
     """
     device = torch.device(device)
     data = list(data)
