@@ -191,6 +191,17 @@ def test_unreadable_files_are_replaced_and_counted_and_other_formats_decoded_by_
     assert images[position % 3].float().mean(dim=(1, 2)).tolist() == [10.0, 200.0, 30.0]
 
 
+def test_a_batch_without_jpegs_is_decoded_by_the_workers(tmp_path: Path) -> None:
+    for k, colour in enumerate([(0, 0, 255), (255, 0, 0)]):
+        (tmp_path / f"c{k}").mkdir()
+        Image.fromarray(np.full((30, 40, 3), colour, dtype=np.uint8)).save(tmp_path / f"c{k}" / "only.png")
+    data = device_data(tmp_path, val_fraction=0.0, color_jitter=0.0, lighting=0.0, batch_size=2)
+    images, targets, skipped = decode_batch(next(iter(data.train_dataloader())), "cpu")
+    for image, target in zip(images, targets.tolist(), strict=True):
+        assert image.float().mean(dim=(1, 2)).tolist() == [255.0 * target, 0.0, 255.0 * (1 - target)]
+    assert int(skipped) == 0
+
+
 def test_encoded_images_stay_on_the_host_when_lightning_moves_the_batch(folder: Path) -> None:
     batch = next(iter(device_data(folder).train_dataloader()))
     moved = move_data_to_device(batch, torch.device("meta"))

@@ -42,7 +42,9 @@ class ImageDataModule(pl.LightningDataModule, ABC):
       test they are dropped, so ``N`` can be below ``batch_size`` (even 0, with images of shape ``(0, 3, H, W)``)
       and every readable image counts once in the metrics. Training batches of a pipeline with PCA lighting
       (ImageNet, image folders) carry a fourth element, ``pixel_shift``: float32 ``(N, 3)``, each image's lighting
-      noise as an RGB offset in 0-1 pixel units. A module uses ``images, targets = batch[0], batch[1]``.
+      noise as an RGB offset in 0-1 pixel units. A module uses ``images, targets = batch[0], batch[1]``. With
+      ``decode_on_device`` (image folders) the training loader yields ``(EncodedImages, targets, num_skipped)``
+      instead, the files' bytes, which :func:`resnest_pl.data.device_decode.decode_batch` turns into the above.
     - predict: ``(images, indices)``: ``indices`` int64 positions in :attr:`predict_files` (unreadable files
       are dropped, so a writer maps outputs back to paths through them).
 

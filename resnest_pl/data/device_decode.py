@@ -197,8 +197,9 @@ def decode_images(encoded: EncodedImages, device: torch.device | str) -> list[to
     for position, pixels in encoded.pixels.items():
         images[position] = pixels.to(device)
     jpegs = encoded.jpegs()
-    for position, image in zip(jpegs, decode_jpegs(list(jpegs.values()), device), strict=True):
-        images[position] = image
+    if jpegs:  # decode_jpeg refuses an empty list
+        for position, image in zip(jpegs, decode_jpegs(list(jpegs.values()), device), strict=True):
+            images[position] = image
     return images
 
 

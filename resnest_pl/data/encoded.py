@@ -4,7 +4,7 @@
 A worker reads each file and passes a JPEG on as its bytes; anything else (PNG, BMP, ...) it decodes itself
 with OpenCV and passes on as pixels, so the device only ever decodes JPEGs. A file that cannot be read, or
 that is no image OpenCV can decode, is replaced by the next readable file as :class:`ImageFileDataset` does.
-A JPEG whose header parses but whose data does not decode is found on the device (see ``decode_batch``).
+A file that starts as a JPEG but does not decode is found on the device (see ``decode_batch``).
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .decode import decode_image, jpeg_size
+from .decode import decode_image
 from .transforms import CROP_RATIO, crop_scale
 
 logger = logging.getLogger(__name__)
+
+JPEG_START = b"\xff\xd8\xff"  # start-of-image marker and the first segment's
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ def read_encoded(path: str) -> torch.Tensor | None:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError:
         return None
-    if jpeg_size(data) is not None:
+    if data[:3].tobytes() == JPEG_START:
         return torch.from_numpy(data)
     pixels = decode_image(data)
     return None if pixels is None else torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
