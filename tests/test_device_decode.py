@@ -272,6 +272,13 @@ def test_a_cpu_trainer_on_a_gpu_machine_is_told_to_train_on_the_gpu(monkeypatch:
     )
 
 
+def test_the_sharded_module_refuses_the_switch(tmp_path: Path, capsys) -> None:
+    configs = [CONFIGS / "imagenet" / "resnest50.yaml", CONFIGS / "data" / "shards.yaml"]
+    args = fit_args(tmp_path / "no-shards", tmp_path, *(f"--config={config}" for config in configs))
+    code, err = run_cli([*args, f"--config={CONFIGS / 'data' / 'decode-on-device.yaml'}"], capsys)
+    assert one_error_line(code, err).startswith("error: decode_on_device is not available with ShardedDataModule")
+
+
 def test_auto_augment_is_refused(folder: Path, tmp_path: Path, capsys) -> None:
     code, err = run_cli([*fit_args(folder, tmp_path), "--data.init_args.auto_augment", "autoaugment"], capsys)
     assert one_error_line(code, err) == (

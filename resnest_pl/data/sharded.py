@@ -182,6 +182,8 @@ class ShardedDataModule(ImageNetRecipe, ImageDataModule):
         root: the converter's ``--out``: a folder, or a URL (``s3://bucket/imagenet-shards``, ``gs://...``) whose
             chunks are cached locally while they are read.
         cache_dir: where remote chunks are cached (litdata's default cache folder when None).
+        decode_on_device: not available here (refused with a clear error): decoding on the GPU reads image
+            files, see :class:`~resnest_pl.data.ImageFolderDataModule`.
     """
 
     def __init__(
@@ -198,6 +200,7 @@ class ShardedDataModule(ImageNetRecipe, ImageDataModule):
         std: tuple[float, float, float] = IMAGENET_STD,
         train_crop_schedule: dict[int, int] | None = None,
         cache_dir: str | None = None,
+        decode_on_device: bool = False,
         batch_size: int = 64,
         num_workers: int = 8,
         pin_memory: bool | None = None,
@@ -206,6 +209,11 @@ class ShardedDataModule(ImageNetRecipe, ImageDataModule):
         predict_paths: list[str] | str | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers, pin_memory, persistent_workers, drop_last, predict_paths)
+        if decode_on_device:
+            raise ValueError(
+                "decode_on_device is not available with ShardedDataModule (its workers decode the images they read "
+                "from the chunks); drop it, or train from the image folders (ImageNetDataModule) to decode on the GPU"
+            )
         self.set_recipe(
             crop_size,
             eval_crop_size,
