@@ -53,11 +53,11 @@ def draw_crop(seed: int, height: int, width: int, crop: DeviceCrop) -> CropDraw:
 
     The flip, the jitter and the lighting weights are drawn first, so they do not depend on the image's size.
     Jitter factors are uniform in ``[max(0, 1 - j), 1 + j]`` for ``j = crop.color_jitter``, applied in a random
-    order, as albumentations' and torchvision's ``ColorJitter`` draw them. The box is the
-    Inception-style random-resized crop the CPU recipe draws (albumentations' and torchvision's): up to 10 tries
-    at an area in ``crop.scale`` of the image and a log-uniform aspect ratio in ``crop.ratio``, else the whole
-    image cut to the nearest allowed ratio, centred. Written here rather than taken from torchvision's
-    ``RandomResizedCrop``, which draws from torch's global generator: each image needs its own, seeded one.
+    order, as albumentations' and torchvision's ``ColorJitter`` draw them. The box is the Inception-style
+    random-resized crop the CPU recipe draws (albumentations' and torchvision's): up to 10 tries at an area in
+    ``crop.scale`` of the image and a log-uniform aspect ratio in ``crop.ratio``, else the whole image cut to
+    the nearest allowed ratio, centred. Written here rather than taken from torchvision's ``RandomResizedCrop``,
+    which draws from torch's global generator: each image needs its own, seeded one.
     """
     rng = random.Random(seed)
     flip = rng.random() < 0.5
