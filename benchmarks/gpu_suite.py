@@ -8,7 +8,8 @@ Parts, most important first (``--parts`` picks some):
   ours and of resnet50 in their best eager layout;
 - ``infer``: images/s of inference (eval, no grad, bf16) of the same models in both layouts;
 - ``e2e``: a short ``fit`` through the CLI on generated ImageNet-sized JPEGs with every CPU core loading,
-  against the synthetic train step of the same model and layout: the input pipeline's share;
+  against the synthetic train step of the same model and layout: the input pipeline's share; then the same
+  with the GPU decoding and augmenting (``decode_on_device``; CUDA only);
 - ``check``: the quick start with ``configs/trainer/gpu.yaml`` and with ``configs/trainer/ddp.yaml`` (one
   device: SyncBatchNorm conversion) reach their accuracy.
 
@@ -506,20 +507,24 @@ def read_metrics(root: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def end_to_end(suite: Suite, work: Path, synthetic_label: str) -> dict[str, Any]:
+def end_to_end(suite: Suite, work: Path, synthetic_label: str, on_device: bool = False) -> dict[str, Any]:
     """images/s of a short CLI fit on JPEG files, from the throughput monitor's time points after warm-up,
-    against the synthetic train step of ``synthetic_label`` (our default form) in NCHW, as the CLI runs it."""
+    against the synthetic train step of ``synthetic_label`` (our default form) in NCHW, as the CLI runs it.
+    ``on_device``: the GPU decodes and augments (``decode_on_device``, which cannot do AutoAugment)."""
     s = suite.settings
-    data, run = work / "imagenet", work / "e2e"
-    write_imagenet_layout(data, s.e2e_images, classes=4 if s.smoke else 16)
+    name = "e2e-decode-on-device" if on_device else "e2e"
+    data, run = work / "imagenet", work / name
+    if not data.exists():
+        write_imagenet_layout(data, s.e2e_images, classes=4 if s.smoke else 16)
     model, overrides = ("resnest14d", TINY) if s.smoke else ("resnest50", {})
+    augment = ("none", "--data.init_args.decode_on_device", "true") if on_device else ("autoaugment",)
     window = max(1, s.e2e_steps // 4)
     command = cli_command(
         s,
         *("--config", "configs/trainer/gpu.yaml", "--seed_everything", "0"),
         *("--model.model_name", model, "--model.model_overrides", json.dumps(overrides)),
         *("--data.class_path", "resnest_pl.data.ImageNetDataModule", "--data.init_args.root", str(data)),
-        *("--data.init_args.crop_size", str(s.image_size), "--data.init_args.auto_augment", "autoaugment"),
+        *("--data.init_args.crop_size", str(s.image_size), "--data.init_args.auto_augment", *augment),
         *("--data.init_args.batch_size", str(s.batch_train), "--data.init_args.num_workers", str(s.workers)),
         *("--trainer.max_steps", str(s.e2e_steps), "--trainer.limit_val_batches", "0"),
         *("--trainer.num_sanity_val_steps", "0", "--trainer.default_root_dir", str(run)),
@@ -528,7 +533,7 @@ def end_to_end(suite: Suite, work: Path, synthetic_label: str) -> dict[str, Any]
         *("--trainer.callbacks+=resnest_pl.callbacks.ImageThroughputMonitor",),
         *("--trainer.callbacks.window_size", str(window)),
     )
-    log = suite.out / "e2e.log"
+    log = suite.out / f"{name}.log"
     finish_cli(start_cli(command, log), suite, log)
     points = sorted(
         (int(float(r["train/batches"])), float(r["train/time"]), int(float(r["train/samples"])))
@@ -548,7 +553,8 @@ def end_to_end(suite: Suite, work: Path, synthetic_label: str) -> dict[str, Any]
         "ms_per_step": 1000 * s.batch_train / rate,
     }
     synthetic = suite.best("train", model=synthetic_label, layout="NCHW", compiled=False)
-    note = f"{s.workers} workers, {s.e2e_images} JPEGs, AutoAugment; batches {first[0]}..{last[0]}"
+    pipeline = "decode_on_device (no AutoAugment)" if on_device else "AutoAugment"
+    note = f"{s.workers} workers, {s.e2e_images} JPEGs, {pipeline}; batches {first[0]}..{last[0]}"
     if synthetic:
         row["ratio"] = rate / synthetic["images_per_s"]
         note += f"; ratio vs synthetic {synthetic['item']}: input pipeline costs {100 * (1 - row['ratio']):.0f}%"
@@ -586,11 +592,17 @@ def finish_quickstart(suite: Suite, work: Path, name: str, process: subprocess.P
 
 
 def run_e2e(suite: Suite, work: Path, synthetic_label: str) -> None:
+    items = ("CLI fit on JPEG files", "CLI fit on JPEG files, decode_on_device")
     reason = missing_for_cli()
     if reason:
-        suite.skip("e2e", "CLI fit on JPEG files", reason)
+        for item in items:
+            suite.skip("e2e", item, reason)
         return
-    suite.run("e2e", "CLI fit on JPEG files", "e2e", lambda: end_to_end(suite, work, synthetic_label))
+    suite.run("e2e", items[0], "e2e", lambda: end_to_end(suite, work, synthetic_label))
+    if suite.settings.device.type != "cuda":
+        suite.skip("e2e", items[1], f"decode_on_device needs a CUDA GPU; this run is on the {suite.settings.device}")
+        return
+    suite.run("e2e", items[1], "e2e", lambda: end_to_end(suite, work, synthetic_label, on_device=True))
 
 
 def run_check(suite: Suite, work: Path) -> None:

@@ -23,6 +23,8 @@ from torch.optim.swa_utils import AveragedModel
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from .data.device_decode import decode_batch
+from .data.encoded import EncodedImages
 from .data.transforms import normalize
 from .erasing import EraseMode, RandomErasing
 from .mixing import BatchMixer
@@ -443,8 +445,12 @@ class ResNeStClassifier(pl.LightningModule):
 
         The loaders ship raw pixels (a quarter of float32's bytes; Lightning copies pinned batches with
         ``non_blocking=True``), plus, in training with PCA lighting, a fourth element ``pixel_shift``, consumed
-        here. Random erasing and mixing follow in ``training_step``, on the normalised images.
+        here. Random erasing and mixing follow in ``training_step``, on the normalised images. With
+        ``decode_on_device`` the training batches hold JPEG bytes, decoded and cropped here first
+        (:func:`resnest_pl.data.device_decode.decode_batch`).
         """
+        if isinstance(batch[0], EncodedImages):
+            batch = decode_batch(batch, self.device)
         images = batch[0]
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
             return batch

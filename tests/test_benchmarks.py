@@ -93,6 +93,8 @@ def test_gpu_suite_times_a_cli_fit_on_jpeg_files(tmp_path: Path) -> None:
     results = gpu_suite(tmp_path, "--parts", "e2e")
     e2e = rows_by_item(results, "e2e")["CLI fit on JPEG files"]
     assert e2e["status"] == "ok" and e2e["images_per_s"] > 0
+    on_device = rows_by_item(results, "e2e")["CLI fit on JPEG files, decode_on_device"]
+    assert on_device["status"] == "skipped" and on_device["note"].startswith("decode_on_device needs a CUDA GPU")
     assert "--trainer.callbacks+=resnest_pl.callbacks.ImageThroughputMonitor" in (tmp_path / "e2e.log").read_text()
 
 
@@ -123,7 +125,7 @@ def test_gpu_suite_says_which_parts_a_missing_package_skips(tmp_path: Path) -> N
     path = os.pathsep.join([str(broken), str(ROOT), os.environ.get("PYTHONPATH", "")])
     results = gpu_suite(tmp_path / "out", "--parts", "e2e,check", env={**os.environ, "PYTHONPATH": path})
     skipped = [row for row in results["rows"] if row["part"] in ("e2e", "check")]
-    assert len(skipped) == 3
+    assert len(skipped) == 4  # two e2e rows (CPU and on-device decoding), two checks
     assert all(row["status"] == "skipped" and "albumentations (ImportError" in row["note"] for row in skipped)
     assert "timm is not importable: its resnest50d is not measured" in results["notes"]
     assert "not importable: albumentations" in (tmp_path / "out" / "results.md").read_text()

@@ -6,7 +6,7 @@ import functools
 import os
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import cv2
@@ -43,7 +43,9 @@ class ImageDataModule(pl.LightningDataModule, ABC):
       test they are dropped, so ``N`` can be below ``batch_size`` (even 0, with images of shape ``(0, 3, H, W)``)
       and every readable image counts once in the metrics. Training batches of a pipeline with PCA lighting
       (ImageNet, image folders) carry a fourth element, ``pixel_shift``: float32 ``(N, 3)``, each image's lighting
-      noise as an RGB offset in 0-1 pixel units. A module uses ``images, targets = batch[0], batch[1]``.
+      noise as an RGB offset in 0-1 pixel units. A module uses ``images, targets = batch[0], batch[1]``. With
+      ``decode_on_device`` (image folders) the training loader yields ``(EncodedImages, targets, num_skipped)``
+      instead, the files' bytes, which :func:`resnest_pl.data.device_decode.decode_batch` turns into the above.
     - predict: ``(images, indices)``: ``indices`` int64 positions in :attr:`predict_files` (unreadable files
       are dropped, so a writer maps outputs back to paths through them).
 
@@ -222,7 +224,7 @@ class ImageDataModule(pl.LightningDataModule, ABC):
         sampler: ResumableSampler | None = None,
     ) -> DataLoader:
         crop = crop or self.eval_crop_size
-        collate = SkipUnreadable((3, crop, crop), count_skipped=split != "predict")
+        collate = self.collate_for(split, crop)
         dataset = self.dataset(split)
         trainer = self.trainer
         world_size, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
@@ -246,6 +248,10 @@ class ImageDataModule(pl.LightningDataModule, ABC):
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             collate_fn=collate,
         )
+
+    def collate_for(self, split: Split | Literal["predict"], crop: int) -> Callable[[list[Any]], Any]:
+        """How the loader of ``split`` (images ``crop`` pixels square) makes its batches."""
+        return SkipUnreadable((3, crop, crop), count_skipped=split != "predict")
 
     def _pin(self) -> bool:
         if self.pin_memory is not None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Literal
 
 from torch.utils.data import Dataset
 
 from . import transforms
 from .base import ImageDataModule, Split, as_triplet
 from .datasets import ImageFileDataset
+from .device_decode import check_decode_device, check_device_augmentations
+from .encoded import DeviceCrop, EncodedFileDataset, SeededCrop, collate_encoded
 from .errors import DataLayoutError, DatasetNotFoundError
 from .folder import list_classes, scan_class_folders
 from .split import stratified_split
@@ -41,9 +45,12 @@ class ImageNetRecipe:
         train_crop_schedule: dict[int, int] | None,
         randaugment_ops: int = transforms.RANDAUGMENT_OPS,
         randaugment_magnitude: int = transforms.RANDAUGMENT_MAGNITUDE,
+        decode_on_device: bool = False,
     ) -> None:
         """Check the settings (now rather than at setup) and keep them."""
         transforms.check_auto_augment(auto_augment, randaugment_ops, randaugment_magnitude)
+        if decode_on_device:
+            check_device_augmentations(auto_augment)
         self.crop_pct = transforms.DEFAULT_CROP_PCT if crop_pct is None else crop_pct
         self.interpolation = "bicubic" if interpolation is None else interpolation
         transforms.eval_resize_size(crop_size, self.crop_pct)
@@ -58,8 +65,13 @@ class ImageNetRecipe:
         self.mean = as_triplet(mean, "mean")
         self.std = as_triplet(std, "std")
         self.train_crop_schedule = crop_schedule(train_crop_schedule)
+        self.decode_on_device = decode_on_device
 
-    def train_transform(self, crop_size: int | None = None) -> ImageTransform:
+    def train_transform(self, crop_size: int | None = None) -> ImageTransform | SeededCrop:
+        """The training pipeline; with ``decode_on_device``, what the workers hand on instead: the crop the
+        device does, and each sample's seed."""
+        if self.decode_on_device:
+            return SeededCrop(DeviceCrop.recipe(crop_size or self.crop_size, self.color_jitter, self.lighting))
         return transforms.imagenet_train_transform(
             crop_size or self.crop_size,
             self.auto_augment,
@@ -69,7 +81,7 @@ class ImageNetRecipe:
             self.randaugment_magnitude,
         )
 
-    def train_transform_schedule(self) -> list[tuple[int, ImageTransform]]:
+    def train_transform_schedule(self) -> list[tuple[int, ImageTransform | SeededCrop]]:
         return [(epoch, self.train_transform(crop)) for epoch, crop in self.train_crop_schedule]
 
     def eval_transform(self) -> ImageTransform:
@@ -110,6 +122,11 @@ class ImageFolderDataModule(ImageNetRecipe, ImageDataModule):
             180: 224}``: smaller, cheaper images early, as FFCV's and timm's fast recipes do. Epochs before the
             first key train at ``crop_size``; evaluation stays at ``eval_crop_size``. A resumed run picks the
             crop of its epoch.
+        decode_on_device: training on a CUDA GPU only: the loader workers just read the files, and the GPU
+            decodes the JPEGs (nvJPEG, batched) and does the random-resized crop, flip, colour jitter and PCA
+            lighting, each drawn from the image's own seed as on the CPU (:mod:`resnest_pl.data.device_decode`).
+            For loaders that cannot keep up with the GPU; refused on the CPU and with ``auto_augment`` (which
+            runs on the CPU, before the crop). Val, test and predict decode on the CPU as usual.
 
     The three evaluation settings default to None: the CLI sets them to the model's published ones (how its
     top-1 was measured, ``resnest_pl.models.get_variant(name)``); built directly, None means ``crop_size``,
@@ -134,6 +151,7 @@ class ImageFolderDataModule(ImageNetRecipe, ImageDataModule):
         randaugment_ops: int = transforms.RANDAUGMENT_OPS,
         randaugment_magnitude: int = transforms.RANDAUGMENT_MAGNITUDE,
         aug_repeats: int = 1,
+        decode_on_device: bool = False,
         batch_size: int = 64,
         num_workers: int = 4,
         pin_memory: bool | None = None,
@@ -157,6 +175,7 @@ class ImageFolderDataModule(ImageNetRecipe, ImageDataModule):
             train_crop_schedule,
             randaugment_ops,
             randaugment_magnitude,
+            decode_on_device,
         )
         self.root = Path(root)
         self.val_fraction = val_fraction
@@ -213,9 +232,21 @@ class ImageFolderDataModule(ImageNetRecipe, ImageDataModule):
                 self._split[name] = ([files[i] for i in idx], [targets[i] for i in idx])
         return self._split[split]
 
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.decode_on_device and self.trainer is not None:
+            check_decode_device(self.trainer.strategy.root_device)
+        super().setup(stage)
+
+    def collate_for(self, split: Split | Literal["predict"], crop: int) -> Callable[[list[Any]], Any]:
+        if split == "train" and self.decode_on_device:
+            return collate_encoded
+        return super().collate_for(split, crop)
+
     def build_dataset(self, split: Split) -> Dataset:
         files, targets = self.files(split)
         transform = self.train_transform() if split == "train" else self.eval_transform()
+        if isinstance(transform, SeededCrop):  # decode_on_device: the workers read the files, the device decodes
+            return EncodedFileDataset(files, targets, transform)
         # Training batches keep their size (an empty one would stall DDP); evaluation sees each readable image once.
         return ImageFileDataset(files, targets, transform, replace_unreadable=split == "train")
 

@@ -192,6 +192,8 @@ class ShardedDataModule(ImageNetRecipe, ImageDataModule):
         cache_dir: where remote chunks are cached (litdata's default cache folder when None).
         aug_repeats: must be 1: repeated augmentation needs the folder modules' sampler (litdata orders the
             shards itself).
+        decode_on_device: not available here (refused with a clear error): decoding on the GPU reads image
+            files, see :class:`~resnest_pl.data.ImageFolderDataModule`.
     """
 
     def __init__(
@@ -211,6 +213,7 @@ class ShardedDataModule(ImageNetRecipe, ImageDataModule):
         randaugment_magnitude: int = RANDAUGMENT_MAGNITUDE,
         aug_repeats: int = 1,
         cache_dir: str | None = None,
+        decode_on_device: bool = False,
         batch_size: int = 64,
         num_workers: int = 8,
         pin_memory: bool | None = None,
@@ -224,6 +227,11 @@ class ShardedDataModule(ImageNetRecipe, ImageDataModule):
                 f"aug_repeats={aug_repeats}: repeated augmentation needs a sampler over the images, and litdata "
                 "orders the shards itself; set aug_repeats 1, or train from the image folder "
                 "(resnest_pl.data.ImageFolderDataModule / ImageNetDataModule)"
+            )
+        if decode_on_device:
+            raise ValueError(
+                "decode_on_device is not available with ShardedDataModule (its workers decode the images they read "
+                "from the chunks); drop it, or train from the image folders (ImageNetDataModule) to decode on the GPU"
             )
         self.set_recipe(
             crop_size,

@@ -38,10 +38,16 @@ IMAGENET_PCA_EIGVEC = np.array(
         [-0.5836, -0.6948, 0.4203],
     ]
 )
+CROP_RATIO = (3 / 4, 4 / 3)  # aspect-ratio range of the training crop
 BICUBIC_FROM = 320  # the recipe switches to bicubic resizing (and an EfficientNet-style crop) from this crop size
 RANDAUGMENT_OPS = 2
 RANDAUGMENT_MAGNITUDE = 12  # of 30, as in the authors' later PyTorch recipe
 RANDAUGMENT_MAX_MAGNITUDE = 30  # torchvision's scale: 31 magnitude bins, 0-30 (timm's 'rand-mM' counts 0-10)
+
+
+def crop_scale(crop_size: int) -> tuple[float, float]:
+    """Area range of the training crop: 10-100 % from 320 pixels (the EfficientNet-style crop), 8-100 % below."""
+    return (0.1, 1.0) if crop_size >= BICUBIC_FROM else (0.08, 1.0)
 
 
 def interpolation_for(crop_size: int) -> int:
@@ -266,8 +272,7 @@ def imagenet_train_transform(
     height rather than the area, a difference of no consequence here). Downscaling always uses area averaging,
     which like PIL's filters does not alias.
     """
-    scale = (0.1, 1.0) if crop_size >= BICUBIC_FROM else (0.08, 1.0)
-    ratio = (3 / 4, 4 / 3)
+    scale, ratio = crop_scale(crop_size), CROP_RATIO
     steps: list[A.BasicTransform] = [
         *_auto_augment(auto_augment, randaugment_ops, randaugment_magnitude),
         A.RandomResizedCrop(
