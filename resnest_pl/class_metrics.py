@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
@@ -104,21 +103,19 @@ def log_figure(loggers: Sequence[object], tag: str, figure: Figure, png: Path, s
             logger.log_image(key=tag, images=[str(png)], step=step)  # wandb is imported by the logger, not here
 
 
-def report_class_metrics(
-    trainer: pl.Trainer, metrics: MetricCollection, stage: str, names: Sequence[str]
-) -> dict[str, torch.Tensor] | None:
+def report_class_metrics(trainer: pl.Trainer, metrics: MetricCollection, stage: str, names: Sequence[str]) -> None:
     """At the end of a validate/test epoch, on every process: compute (across processes) and reset ``metrics``;
     rank zero writes ``<log dir>/<stage>_class_accuracy.csv`` and, up to :data:`FIGURE_MAX_CLASSES` classes,
-    ``<stage>_confusion_matrix.png``, and logs the figure. Nothing during the sanity check or without a logger.
-    Returns the values."""
-    if trainer.sanity_checking or not trainer.loggers or not metrics["accuracy"].update_called:
+    ``<stage>_confusion_matrix.png``, and logs the figure. Nothing during the sanity check or without a logger."""
+    # The same answer on every process (compute and log_dir are collectives): no per-process condition here.
+    if trainer.sanity_checking or not trainer.loggers:
         metrics.reset()
-        return None
+        return
     values = metrics.compute()
     metrics.reset()
     folder = Path(trainer.log_dir or trainer.default_root_dir)  # on every rank: log_dir is a collective
     if not trainer.is_global_zero:
-        return values
+        return
     folder.mkdir(parents=True, exist_ok=True)
     accuracy, confusion = values["accuracy"].cpu().numpy(), values["confusion"].cpu().numpy()
     write_class_accuracy(folder / f"{stage}_class_accuracy.csv", names, accuracy, confusion)
@@ -128,4 +125,3 @@ def report_class_metrics(
         png = folder / f"{stage}_confusion_matrix.png"
         figure.savefig(png, dpi=100)
         log_figure(trainer.loggers, f"{stage}/confusion_matrix", figure, png, trainer.global_step)
-    return values

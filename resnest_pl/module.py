@@ -50,6 +50,10 @@ DATA_FIELDS = (
 # Lightning warns whenever a module overrides this hook and a data module is passed; normalising there is the plan.
 warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer` in `LightningModule` but")
 
+# How to evaluate, chosen per run: left out of checkpoints, whose hyper-parameters LightningCLI applies over the
+# command line's (`validate --ckpt_path X --model.tta_hflip true` would otherwise evaluate without the flip).
+EVALUATION_SWITCHES = ("class_metrics", "tta_hflip")
+
 # Parameters of these layers are never weight-decayed (the paper decays conv and linear weights only).
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
 
@@ -597,6 +601,8 @@ class ResNeStClassifier(pl.LightningModule):
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         if not hparams:
             return
+        for key in EVALUATION_SWITCHES:
+            hparams.pop(key, None)
         # The weights are in the checkpoint: loading it must not fetch the pretrained source again.
         if hparams.get("pretrained"):
             hparams["pretrained"] = False

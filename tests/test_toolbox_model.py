@@ -214,17 +214,20 @@ def test_learning_rate_line_without_scaling(caplog, monkeypatch) -> None:
 
 
 class RecordPredictions(Callback):
-    """Saves the argmax of the model's own forward pass and the targets of every validation batch to ``path``."""
+    """Saves to ``path`` the targets of every validation batch and the classes predicted by the mean softmax of the
+    model's own forward pass of the images and of their mirror images (the flip TTA), and the module's switch."""
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
         self.pairs: list[torch.Tensor] = []
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, *_: Any) -> None:
-        self.pairs.append(torch.stack([pl_module(batch[0]).argmax(1), batch[1]]))
+        images = batch[0]
+        probs = pl_module(images).softmax(1) + pl_module(images.flip(-1)).softmax(1)
+        self.pairs.append(torch.stack([probs.argmax(1), batch[1]]))
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        torch.save(torch.cat(self.pairs, dim=1), self.path)
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        torch.save({"pairs": torch.cat(self.pairs, dim=1), "tta": pl_module.hparams.tta_hflip}, self.path)
 
 
 @pytest.mark.slow
@@ -241,10 +244,13 @@ def test_validate_writes_per_class_accuracy_and_the_confusion_matrix_figure(tmp_
     assert code == 0, err
     checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
     args = quickstart(tmp_path, "validate", "--ckpt_path", str(checkpoint), f"--trainer.callbacks+={json.dumps(probe)}")
-    code, err = run_cli([*args, "--trainer.logger", json.dumps(loggers)], capsys)
+    # An evaluation switch given with a checkpoint applies (the checkpoint does not record one to override it).
+    code, err = run_cli([*args, "--trainer.logger", json.dumps(loggers), "--model.tta_hflip", "true"], capsys)
     assert code == 0, err
 
-    predicted, targets = torch.load(tmp_path / "p")
+    recorded = torch.load(tmp_path / "p")
+    assert recorded["tta"] is True
+    predicted, targets = recorded["pairs"]
     folder = tmp_path / "run" / "csv" / "version_0"
     with (folder / "val_class_accuracy.csv").open() as handle:
         rows = list(csv.DictReader(handle))
