@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from .callbacks import KeepHostMemory
@@ -39,6 +39,7 @@ USER_ERRORS = (
     DatasetNotFoundError,
     IncompatibleCheckpointError,
     WeightsDownloadError,
+    MisconfigurationException,  # Lightning's, for impossible Trainer settings (e.g. gradient_clip_algorithm)
 )
 DEBUG_ENV = "RESNEST_PL_DEBUG"
 

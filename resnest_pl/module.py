@@ -23,6 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from .class_metrics import class_metric_collection, class_metrics_enabled, report_class_metrics
 from .data.device_decode import decode_batch
 from .data.encoded import EncodedImages
 from .data.transforms import normalize
@@ -30,7 +31,9 @@ from .erasing import EraseMode, RandomErasing
 from .mixing import BatchMixer
 from .models import IncompatibleCheckpointError, create_model, describe_model, same_architecture
 from .models.weights import state_mismatch
+from .prediction import class_names_for
 from .schedules import REFERENCE_BATCH, linear_scaled_lr, warmup_cosine_scheduler
+from .tta import hflip_logits
 
 # The checkpoint key of what a run was trained on (see ``run_record``), read by ``predict`` and the exporter.
 RUN_KEY = "resnest_pl"
@@ -52,6 +55,10 @@ warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_t
 
 # Tells random erasing's generator apart from mixing's, both seeded by the training step's position.
 ERASING = 1
+
+# How to evaluate, chosen per run: left out of checkpoints, whose hyper-parameters LightningCLI applies over the
+# command line's (`validate --ckpt_path X --model.tta_hflip true` would otherwise evaluate without the flip).
+EVALUATION_SWITCHES = ("class_metrics", "tta_hflip")
 
 # Parameters of these layers are never weight-decayed (the paper decays conv and linear weights only).
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
@@ -307,6 +314,10 @@ class ResNeStClassifier(pl.LightningModule):
         compile: ``torch.compile`` the backbone in place at setup (checkpoint keys stay the backbone's). Refused
             with SyncBatchNorm. ``DropBlockSchedule`` clamps its ``increments`` to dynamo's recompile limit (each
             new drop probability recompiles).
+        class_metrics: per-class accuracy and the confusion matrix at the end of every validate/test epoch (see
+            ``resnest_pl.class_metrics``); ``None`` turns them on up to 100 classes.
+        tta_hflip: in validate, test and predict (never in training), average the softmax of each image and of its
+            mirror image (see ``resnest_pl.tta``).
     """
 
     def __init__(
@@ -332,6 +343,8 @@ class ResNeStClassifier(pl.LightningModule):
         ema_every_n_steps: int = 1,
         channels_last: bool = False,
         compile: bool = False,
+        class_metrics: bool | None = None,
+        tta_hflip: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -358,6 +371,11 @@ class ResNeStClassifier(pl.LightningModule):
         self.test_metrics = accuracy_metrics(num_classes, "test/")
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
+        self.per_class = (
+            nn.ModuleDict({stage: class_metric_collection(num_classes) for stage in ("val", "test")})
+            if class_metrics_enabled(class_metrics, num_classes)
+            else None
+        )
         self._mix_seed = 0
         self._normalization: tuple[torch.Tensor, torch.Tensor] | None = None  # the data's (mean, std)
         self._rng_to_restore: dict[str, torch.Tensor] | None = None
@@ -424,9 +442,11 @@ class ResNeStClassifier(pl.LightningModule):
             for group in optimizer.param_groups:
                 group["lr"] = linear_scaled_lr(group["lr"], batch)
             rank_zero_info(
-                f"learning rate {lr:g} per {REFERENCE_BATCH} images x global batch {batch} = "
-                f"{optimizer.param_groups[0]['lr']:g}"
+                f"learning rate: {lr:g} per {REFERENCE_BATCH} images x global batch {batch} / {REFERENCE_BATCH} = "
+                f"{optimizer.param_groups[0]['lr']:g} (scale_lr: true; set --model.scale_lr false to use lr as given)"
             )
+        else:
+            rank_zero_info(f"learning rate: {lr:g} as given (scale_lr: false)")
         warmup_steps = 0
         if self.hparams.warmup_epochs:
             batches = self.trainer.num_training_batches
@@ -515,13 +535,20 @@ class ResNeStClassifier(pl.LightningModule):
             self._log_skipped(f"{stage}/skipped_images", skipped, 1)
             return
         self._input_shape = tuple(images.shape)
-        logits = self(images).float()
+        logits = self._eval_logits(images)
         metrics, loss = (self.val_metrics, self.val_loss) if stage == "val" else (self.test_metrics, self.test_loss)
         loss.update(F.cross_entropy(logits, targets), weight=images.shape[0])
         metrics.update(logits, targets)
+        if self.per_class is not None:
+            self.per_class[stage].update(logits, targets)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val")
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
         self._log_skipped(f"{stage}/skipped_images", skipped, images.shape[0])
+
+    def _eval_logits(self, images: torch.Tensor) -> torch.Tensor:
+        if self.hparams.tta_hflip:
+            return hflip_logits(self, images)
+        return self(images).float()
 
     def _log_skipped(self, key: str, skipped: torch.Tensor | None, size: int) -> None:
         if skipped is not None:
@@ -534,10 +561,21 @@ class ResNeStClassifier(pl.LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
+    def on_validation_epoch_end(self) -> None:
+        self._report_class_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._report_class_metrics("test")
+
+    def _report_class_metrics(self, stage: str) -> None:
+        if self.per_class is not None:
+            names = class_names_for(self, self.trainer.datamodule, self.hparams.num_classes)
+            report_class_metrics(self.trainer, self.per_class[stage], stage, names)
+
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         """Class probabilities of ``(images, indices)`` batches, returned with their dataset indices."""
         images, indices = batch
-        return {"indices": indices, "probs": self(images).float().softmax(dim=-1)}
+        return {"indices": indices, "probs": self._eval_logits(images).softmax(dim=-1)}
 
     # ---- checkpoints -------------------------------------------------------------------------------------
 
@@ -589,6 +627,8 @@ class ResNeStClassifier(pl.LightningModule):
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         if not hparams:
             return
+        for key in EVALUATION_SWITCHES:
+            hparams.pop(key, None)
         # The weights are in the checkpoint: loading it must not fetch the pretrained source again.
         if hparams.get("pretrained"):
             hparams["pretrained"] = False

@@ -32,6 +32,8 @@ class ResNeStConfig:
         avd_first: place that pool before conv2 (the "fast" variants) instead of after.
         dropblock_prob: DropBlock probability in stages 3 and 4 (block size 3).
         final_drop: dropout before the classifier.
+        drop_path_rate: stochastic depth (timm's ``drop_path_rate``): the residual branch of each block is dropped
+            per sample in training, with a rate rising linearly from 0 at the first block to this at the last.
         zero_gamma: start each block's last BN weight at zero.
         output_stride: 32, or 16 / 8 with dilated stages for dense prediction.
         in_chans: input image channels.
@@ -55,6 +57,7 @@ class ResNeStConfig:
     avd_first: bool = False
     dropblock_prob: float = 0.0
     final_drop: float = 0.0
+    drop_path_rate: float = 0.0
     zero_gamma: bool = True
     output_stride: int = 32
     in_chans: int = 3
@@ -139,6 +142,10 @@ def validate(cfg: ResNeStConfig) -> None:
     )
     _require(0.0 <= cfg.dropblock_prob <= 1.0, f"dropblock_prob must lie in [0, 1]; got {cfg.dropblock_prob}")
     _require(0.0 <= cfg.final_drop < 1.0, f"final_drop must lie in [0, 1); got {cfg.final_drop}")
+    _require(
+        0.0 <= cfg.drop_path_rate <= 1.0,
+        f"drop_path_rate must lie in [0, 1] (0.05-0.1 for a ResNet-50, timm's recipes); got {cfg.drop_path_rate}",
+    )
     _require(cfg.reduction >= 1, f"reduction must be >= 1; got {cfg.reduction}")
     _require(cfg.min_attn_channels >= 1, f"min_attn_channels must be >= 1; got {cfg.min_attn_channels}")
     _require(

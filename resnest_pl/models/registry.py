@@ -195,7 +195,14 @@ def trained_architecture(source: str | PathLike, checkpoint: Mapping[str, object
 
 
 # Options that change what a network computes but none of its tensors' names or shapes.
-WEIGHT_NEUTRAL_OPTIONS = ("dropblock_prob", "final_drop", "zero_gamma", "output_stride", "conv_impl")
+WEIGHT_NEUTRAL_OPTIONS = (
+    "dropblock_prob",
+    "drop_path_rate",
+    "final_drop",
+    "zero_gamma",
+    "output_stride",
+    "conv_impl",
+)
 
 
 def same_architecture(

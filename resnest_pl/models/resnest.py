@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torchvision.ops import StochasticDepth
 
 from .config import EXPANSION, ResNeStConfig
 from .splat import SplitAttentionConv2d, make_dropblock
@@ -29,7 +30,11 @@ class FeatureInfo:
 
 
 class Bottleneck(nn.Module):
-    """ResNeSt bottleneck: 1x1 reduce, split-attention 3x3, 1x1 expand, residual add."""
+    """ResNeSt bottleneck: 1x1 reduce, split-attention 3x3, 1x1 expand, residual add.
+
+    ``drop_path`` is the stochastic-depth rate: in training, the residual branch of each sample is dropped with
+    that probability (and scaled by ``1 / (1 - drop_path)`` otherwise) before the addition; the shortcut never is.
+    """
 
     expansion = EXPANSION
 
@@ -43,6 +48,7 @@ class Bottleneck(nn.Module):
         downsample: nn.Module | None = None,
         is_first: bool = False,
         dropblock_prob: float = 0.0,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         width = cfg.group_width(planes)
@@ -97,6 +103,8 @@ class Bottleneck(nn.Module):
         self.drop3 = make_dropblock(dropblock_prob, DROPBLOCK_SIZE)
         self.act3 = nn.ReLU(inplace=True)
         self.downsample = downsample if downsample is not None else nn.Identity()
+        # No parameters or buffers: the state dict stays the reference's.
+        self.drop_path = StochasticDepth(drop_path, mode="row") if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.downsample(x)
@@ -104,7 +112,7 @@ class Bottleneck(nn.Module):
         out = self.avd_first(out)
         out = self.act2(self.drop2(self.bn2(self.conv2(out))))
         out = self.avd_last(out)
-        out = self.drop3(self.bn3(self.conv3(out)))
+        out = self.drop_path(self.drop3(self.bn3(self.conv3(out))))
         out += shortcut  # in place: saves one block-sized buffer per block
         return self.act3(out)
 
@@ -127,6 +135,12 @@ def _stem(cfg: ResNeStConfig) -> tuple[nn.Module, int]:
         nn.Conv2d(w, w * 2, 3, stride=1, padding=1, bias=False),
     )
     return stem, w * 2
+
+
+def drop_path_rates(rate: float, blocks: int) -> list[float]:
+    """Stochastic-depth rate of each of ``blocks`` blocks, network-wide: ``rate * i / (blocks - 1)`` for block ``i``
+    (0-based), from 0 at the first block to ``rate`` at the last: timm's ``resnet.py`` rule (``drop_path_rate``)."""
+    return [rate * i / max(1, blocks - 1) for i in range(blocks)]
 
 
 def _stage_geometry(output_stride: int) -> list[tuple[int, int]]:
@@ -159,11 +173,13 @@ class ResNeSt(nn.Module):
 
         stride_so_far = 1 if cfg.small_input else 4
         feature_info = []
+        rates = drop_path_rates(cfg.drop_path_rate, sum(cfg.layers))
         for index, (planes, blocks, (stride, dilation)) in enumerate(
             zip(cfg.stage_planes, cfg.layers, _stage_geometry(cfg.output_stride), strict=True), start=1
         ):
             dropblock = cfg.dropblock_prob if index >= 3 else 0.0
-            stage = self._make_stage(cfg, inplanes, planes, blocks, stride, dilation, index > 1, dropblock)
+            stage_rates, rates = rates[:blocks], rates[blocks:]
+            stage = self._make_stage(cfg, inplanes, planes, blocks, stride, dilation, index > 1, dropblock, stage_rates)
             self.add_module(f"layer{index}", stage)
             inplanes = planes * EXPANSION
             stride_so_far *= stride
@@ -187,6 +203,7 @@ class ResNeSt(nn.Module):
         dilation: int,
         is_first: bool,
         dropblock_prob: float,
+        drop_path: list[float],
     ) -> nn.Sequential:
         outplanes = planes * EXPANSION
         downsample = None
@@ -204,9 +221,14 @@ class ResNeSt(nn.Module):
             downsample = nn.Sequential(*layers)
         # As in the reference: the first block of a dilated stage uses half its dilation.
         first_dilation = 1 if dilation <= 2 else dilation // 2
-        stage = [Bottleneck(cfg, inplanes, planes, stride, first_dilation, downsample, is_first, dropblock_prob)]
+        stage = [
+            Bottleneck(
+                cfg, inplanes, planes, stride, first_dilation, downsample, is_first, dropblock_prob, drop_path[0]
+            )
+        ]
         stage += [
-            Bottleneck(cfg, outplanes, planes, 1, dilation, dropblock_prob=dropblock_prob) for _ in range(1, blocks)
+            Bottleneck(cfg, outplanes, planes, 1, dilation, dropblock_prob=dropblock_prob, drop_path=drop_path[i])
+            for i in range(1, blocks)
         ]
         return nn.Sequential(*stage)
 
