@@ -17,6 +17,7 @@ HEAD = "fc"
 # Depth of each top-level child from the head down; children not named here are the stem.
 STAGE_DEPTH = {HEAD: 0, "layer4": 1, "layer3": 2, "layer2": 3, "layer1": 4}
 STEM_DEPTH = 5
+STAGE_NAMES = ("head", "layer4", "layer3", "layer2", "layer1", "stem")  # by depth
 # The key of each optimizer group's learning-rate multiplier (timm's name for it).
 LR_SCALE = "lr_scale"
 
@@ -42,8 +43,9 @@ def layer_depth(name: str) -> int:
 
 def split_by_depth(groups: list[dict[str, Any]], model: nn.Module, decay: float) -> list[dict[str, Any]]:
     """Split each optimizer group by :func:`layer_depth`, keeping its other settings (e.g. ``weight_decay=0``), and
-    give each part ``lr_scale = decay ** depth``. Ordered by depth, head first, so that the first group's learning
-    rate is the head's (the optimizer's own)."""
+    give each part ``lr_scale = decay ** depth`` and a ``name`` (``layer3``, ``layer3/no_decay``, ...: the
+    ``LearningRateMonitor``'s key). Ordered by depth, head first, so that the first group's learning rate is the
+    head's (the optimizer's own)."""
     depth_of = {id(param): layer_depth(name) for name, param in model.named_parameters()}
     parts: list[tuple[int, int, dict[str, Any]]] = []
     for index, group in enumerate(groups):
@@ -51,7 +53,8 @@ def split_by_depth(groups: list[dict[str, Any]], model: nn.Module, decay: float)
         for param in group["params"]:
             by_depth.setdefault(depth_of[id(param)], []).append(param)
         for depth, params in by_depth.items():
-            parts.append((depth, index, {**group, "params": params, LR_SCALE: decay**depth}))
+            name = STAGE_NAMES[depth] + ("/no_decay" if group.get("weight_decay") == 0.0 else "")
+            parts.append((depth, index, {**group, "params": params, LR_SCALE: decay**depth, "name": name}))
     return [group for _, _, group in sorted(parts, key=lambda part: part[:2])]
 
 

@@ -17,7 +17,7 @@ from resnest_pl.cli import main
 from resnest_pl.data import DigitsDataModule
 from resnest_pl.data.digit_folder import main as digit_folder_main
 from resnest_pl.data.digit_folder import write_digit_folder
-from resnest_pl.finetune import FreezeBackbone, layer_depth
+from resnest_pl.finetune import STAGE_NAMES, FreezeBackbone, layer_depth
 from resnest_pl.module import NesterovSGD, ResNeStClassifier, parameter_groups
 
 from .helpers import CONFIGS, QUICK, TINY_SMALL_INPUT, make_trainer, run_cli
@@ -160,6 +160,7 @@ def test_each_stage_learns_at_lr_times_decay_to_its_depth() -> None:
     for group, base_lr, second_step_lr in zip(optimizer.param_groups, scheduler.base_lrs, lrs.lrs[1], strict=True):
         (depth,) = {layer_depth(names[id(p)]) for p in group["params"]}
         assert {stage(names[id(p)]) for p in group["params"]} == {STAGES[depth]}
+        assert group["name"] == STAGE_NAMES[depth] + ("/no_decay" if group["weight_decay"] == 0.0 else "")
         assert base_lr == pytest.approx(lr * batch / 256 * decay**depth)
         assert second_step_lr == pytest.approx(base_lr * 0.5)  # the schedule halfway through 2 steps, for all alike
         assert ({id(p) in no_decay for p in group["params"]} == {True}) == (group["weight_decay"] == 0.0)
