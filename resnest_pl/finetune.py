@@ -76,15 +76,16 @@ class FreezeBackbone(Callback):
     only sets ``requires_grad=False``: no gradient is computed, and SGD and AdamW skip parameters whose gradient
     is None, so frozen weights neither move nor decay, nor gather momentum.
 
-    The frozen backbone's BatchNorm layers are in eval mode: their running statistics stay the pretrained ones
-    (Lightning's ``freeze`` instead turns off ``track_running_stats``, which makes evaluation use batch statistics).
-    The head then learns on exactly the features it is evaluated on, as in timm's and torchvision's linear-probe
-    recipes. Dropout and DropBlock keep their training behaviour.
+    The frozen backbone's BatchNorm layers are in eval mode: they normalise with their running statistics, which
+    stay the pretrained ones, so the head learns on exactly the features it is evaluated on, as in timm's and
+    torchvision's linear-probe recipes. (Lightning's ``freeze`` instead turns off ``track_running_stats``: training
+    batches are then normalised by their own statistics, evaluation by the unchanged running ones.) Dropout and
+    DropBlock keep their training behaviour.
 
     The state follows the epoch alone (frozen while ``current_epoch < epochs``), set at every training epoch's
-    start, so a run resumed from a checkpoint is frozen or not as the uninterrupted run was, mid-epoch too. At the
-    end of fit everything is trainable again. Under DDP the frozen parameters get no gradient, so the strategy
-    must look for unused parameters (``ddp_find_unused_parameters_true``); :meth:`setup` refuses otherwise.
+    start (a resumed epoch's too), so a run resumed from a checkpoint is frozen or not as the uninterrupted run
+    was. At the end of fit everything is trainable again. Under DDP the frozen parameters get no gradient, so the
+    strategy must look for unused parameters (``ddp_find_unused_parameters_true``); :meth:`setup` refuses otherwise.
     """
 
     def __init__(self, epochs: int) -> None:
