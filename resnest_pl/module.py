@@ -28,6 +28,7 @@ from .data.device_decode import decode_batch
 from .data.encoded import EncodedImages
 from .data.transforms import normalize
 from .erasing import EraseMode, RandomErasing
+from .finetune import FreezeBackbone, apply_lr_scales, check_finetune_options, split_by_depth
 from .mixing import BatchMixer
 from .models import IncompatibleCheckpointError, create_model, describe_model, same_architecture
 from .models.weights import state_mismatch
@@ -171,10 +172,11 @@ def optimizer_from_spec(spec: Mapping[str, Any]) -> OptimizerCallable:
     return functools.partial(getattr(importlib.import_module(module), name), **spec.get("init_args", {}))
 
 
-def parameter_groups(model: nn.Module) -> list[dict[str, Any]]:
+def parameter_groups(model: nn.Module, layer_decay: float | None = None) -> list[dict[str, Any]]:
     """Two optimizer groups: weights to decay, and normalisation parameters, biases and any other
     1-d parameter with ``weight_decay=0``. Chosen by layer type and shape, not by name, so the stem's
-    and the shortcuts' BatchNorms are found too."""
+    and the shortcuts' BatchNorms are found too. With ``layer_decay`` each is split further by depth, each part
+    with ``lr_scale = layer_decay ** depth`` (:func:`resnest_pl.finetune.split_by_depth`)."""
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     seen: set[int] = set()
@@ -185,7 +187,8 @@ def parameter_groups(model: nn.Module) -> list[dict[str, Any]]:
             seen.add(id(param))
             (no_decay if isinstance(module, NORM_LAYERS) or param.ndim <= 1 else decay).append(param)
     groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [group for group in groups if group["params"]]
+    groups = [group for group in groups if group["params"]]
+    return groups if layer_decay is None else split_by_depth(groups, model, layer_decay)
 
 
 def uses_sync_batchnorm(trainer: pl.Trainer, module: nn.Module) -> bool:
@@ -318,6 +321,11 @@ class ResNeStClassifier(pl.LightningModule):
             ``resnest_pl.class_metrics``); ``None`` turns them on up to 100 classes.
         tta_hflip: in validate, test and predict (never in training), average the softmax of each image and of its
             mirror image (see ``resnest_pl.tta``).
+        layer_decay: layer-wise learning-rate decay for fine-tuning, in (0, 1]: the head learns at the optimizer's
+            lr, ``layer4`` at lr x decay, ``layer3`` at lr x decay^2, ... the stem at lr x decay^5 (the schedule
+            then multiplies all alike; ``min_lr`` is the head's). ``None`` = off.
+        freeze_backbone_epochs: train only the classifier for this many epochs, with the backbone's BatchNorm
+            statistics frozen, then everything (:class:`resnest_pl.finetune.FreezeBackbone`). 0 = off.
     """
 
     def __init__(
@@ -345,6 +353,8 @@ class ResNeStClassifier(pl.LightningModule):
         compile: bool = False,
         class_metrics: bool | None = None,
         tta_hflip: bool = False,
+        layer_decay: float | None = None,
+        freeze_backbone_epochs: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -359,6 +369,7 @@ class ResNeStClassifier(pl.LightningModule):
             raise ValueError(f"ema_decay must lie in (0, 1), e.g. 0.9998, or be null to disable; got {ema_decay}")
         if ema_every_n_steps < 1:
             raise ValueError(f"ema_every_n_steps must be >= 1; got {ema_every_n_steps}")
+        check_finetune_options(layer_decay, freeze_backbone_epochs)
         if isinstance(optimizer, Mapping):
             optimizer = optimizer_from_spec(optimizer)
         self.optimizer_factory = optimizer
@@ -393,9 +404,12 @@ class ResNeStClassifier(pl.LightningModule):
     # ---- setup -------------------------------------------------------------------------------------------
 
     def configure_callbacks(self) -> list[Callback]:
-        if self.hparams.ema_decay is None:
-            return []
-        return [FusedEMAWeightAveraging(self.hparams.ema_decay, self.hparams.ema_every_n_steps)]
+        callbacks: list[Callback] = []
+        if self.hparams.freeze_backbone_epochs:
+            callbacks.append(FreezeBackbone(self.hparams.freeze_backbone_epochs))
+        if self.hparams.ema_decay is not None:
+            callbacks.append(FusedEMAWeightAveraging(self.hparams.ema_decay, self.hparams.ema_every_n_steps))
+        return callbacks
 
     def setup(self, stage: str) -> None:
         data_classes = getattr(self.trainer.datamodule, "num_classes", None)
@@ -433,8 +447,9 @@ class ResNeStClassifier(pl.LightningModule):
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
             raise ValueError("the learning-rate schedule needs a finite length; set trainer.max_epochs or max_steps")
-        optimizer = self.optimizer_factory(parameter_groups(self.model))
+        optimizer = self.optimizer_factory(parameter_groups(self.model, self.hparams.layer_decay))
         lr = optimizer.param_groups[0]["lr"]
+        apply_lr_scales(optimizer)
         if self.hparams.min_lr > lr:
             raise ValueError(f"min_lr ({self.hparams.min_lr}) exceeds the optimizer's lr ({lr}); lower min_lr")
         if self.hparams.scale_lr:
