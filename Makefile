@@ -54,7 +54,7 @@ bench-gpu: install
 
 # One intra-op thread per fit: on a 2-core machine torch's default two threads stall whenever anything else runs.
 ablate: install
-	OMP_NUM_THREADS=1 $(PY) -m resnest_pl.ablate --config configs/ablation/digits.yaml
+	OMP_NUM_THREADS=1 $(PY) -m resnest_pl.ablation --config configs/ablation/digits.yaml
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""``python -m resnest_pl.ablate``: grids expand and validate before anything runs, runs resume and fail one by one,
+"""``python -m resnest_pl.ablation``: grids expand and validate before anything runs, runs resume and fail one by one,
 reports come out right, and the sweep and SLURM files hold commands the CLI accepts."""
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from resnest_pl import ablate
 from resnest_pl.ablation import launch
 from resnest_pl.ablation.grid import GridError, GridFile, expand_cells
 from resnest_pl.ablation.launch import Launch
+from resnest_pl.ablation.run import main as ablation_main
 from resnest_pl.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def write_grid(tmp_path: Path, **fields: Any) -> Path:
 
 
 def run(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    code = ablate.main(args)
+    code = ablation_main(args)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -450,7 +450,7 @@ def test_sigterm_stops_the_running_fit_and_a_rerun_finishes_only_it(
     grid = write_grid(tmp_path, fixed={**TINY_FIT, "data.num_workers": 1})
     out = tmp_path / "out"
     runner = subprocess.Popen(
-        [sys.executable, "-m", "resnest_pl.ablate", "--config", str(grid)],
+        [sys.executable, "-m", "resnest_pl.ablation", "--config", str(grid)],
         cwd=ROOT,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         stdout=subprocess.PIPE,

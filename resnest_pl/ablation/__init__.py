@@ -1,1 +1,2 @@
-"""The pieces of ``python -m resnest_pl.ablate``: grid files, fit commands, launching, measuring, reporting."""
+"""Ablation grids (``python -m resnest_pl.ablation``): grid files, fit commands, launching, measuring, reporting,
+the sweep / SLURM emitters, and the runner (``run``) that ties them together."""

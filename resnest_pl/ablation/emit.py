@@ -72,7 +72,7 @@ def write_slurm(grid: GridFile, cells: list[Cell], folder: Path) -> tuple[Path, 
     """``<folder>/commands.txt`` (the runner's own fit command of each cell-seed, a line each), ``run_dirs.txt``
     (their folders, in the same order) and ``<folder>/ablation.sbatch``, a job array whose task ``i`` runs line
     ``i`` with ``srun`` and, when it succeeds, writes the line into ``<run folder>/fit.done``: a later
-    ``python -m resnest_pl.ablate`` adopts those runs instead of running them again. ``grid.slurm`` adds
+    ``python -m resnest_pl.ablation`` adopts those runs instead of running them again. ``grid.slurm`` adds
     ``#SBATCH --key=value`` lines (gres, time, ...).
 
     Each task asks for SIGUSR1 90 s before its time limit and is requeueable: Lightning's SLURM environment then

@@ -78,6 +78,10 @@ def scheduled_transform(
 class SeededSamples(Dataset):
     """``dataset[(index, seed, epoch)]``: the sample at ``index``, its transform seeded by ``seed``.
 
+    A plain ``index`` (Lightning swaps in a ``SequentialSampler`` for ``trainer.overfit_batches``) takes epoch 0's
+    transform with a seed of its own, the same every epoch: the overfit batches hold the same images, augmented
+    the same way, at every step.
+
     The dataset (or the one a ``Subset`` selects from) keeps its transform in ``transform``, with a
     ``reseed(seed)`` method (:class:`resnest_pl.data.transforms.ImageTransform`).
 
@@ -100,8 +104,8 @@ class SeededSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: tuple[int, int, int]) -> object:
-        index, seed, epoch = key
+    def __getitem__(self, key: tuple[int, int, int] | int) -> object:
+        index, seed, epoch = key if isinstance(key, tuple) else (key, sample_seed(0, 0, key), 0)
         transform = scheduled_transform(self.schedule, epoch, self.default)
         if transform is not self.source.transform:  # type: ignore[attr-defined]
             self.source.transform = transform  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""``python -m resnest_pl.ablate --config configs/ablation/<grid>.yaml``: an ablation grid, run as ordinary fits.
+"""``python -m resnest_pl.ablation --config configs/ablation/<grid>.yaml``: an ablation grid, run as ordinary fits.
 
 Every cell x seed is ``python -m resnest_pl.cli fit`` (the base configs, the grid's fixed overrides, the cell's
 model overrides, ``--seed_everything``) in a child process whose ``default_root_dir`` is
@@ -10,9 +10,9 @@ Before the runs, the runner counts each cell's parameters and MACs (meta device,
 times its train and inference images/s here (``timing:`` in the grid file). At the end it writes ``results.csv``,
 ``runs.csv``, ``results.md``, ``accuracy_vs_radix.png`` and ``accuracy_vs_gmacs.png`` into the output folder.
 
-    python -m resnest_pl.ablate --config configs/ablation/digits.yaml            # run or finish the grid
-    python -m resnest_pl.ablate --config configs/ablation/digits.yaml --dry-run  # the plan; nothing runs
-    python -m resnest_pl.ablate --config configs/ablation/cifar10.yaml --emit-sweep --emit-slurm  # files only
+    python -m resnest_pl.ablation --config configs/ablation/digits.yaml            # run or finish the grid
+    python -m resnest_pl.ablation --config configs/ablation/digits.yaml --dry-run  # the plan; nothing runs
+    python -m resnest_pl.ablation --config configs/ablation/cifar10_rskxwd.yaml --emit-sweep --emit-slurm  # files only
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ import pandas as pd
 import torch
 from pytorch_lightning.cli import instantiate_class
 
-from .ablation import launch
-from .ablation.commands import (
+from ..cli import DEBUG_ENV, USER_ERRORS
+from . import launch
+from .commands import (
     EXTERNAL_DONE,
     LOG_NAME,
     cli_value,
@@ -45,11 +46,10 @@ from .ablation.commands import (
     resolve,
     run_dir,
 )
-from .ablation.emit import sweep_run_args, write_slurm, write_sweep
-from .ablation.grid import Cell, GridError, GridFile, compact, expand_cells, load_grid
-from .ablation.measure import complexity, throughput
-from .ablation.report import ACC, aggregate, read_val_acc1, write_report
-from .cli import DEBUG_ENV, USER_ERRORS
+from .emit import sweep_run_args, write_slurm, write_sweep
+from .grid import Cell, GridError, GridFile, compact, expand_cells, load_grid
+from .measure import complexity, throughput
+from .report import ACC, aggregate, read_val_acc1, write_report
 
 RESULT = "result.json"
 FAILURE = "error.json"
@@ -77,7 +77,7 @@ class Plan:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m resnest_pl.ablate", description=__doc__.split("\n\n")[0].strip("`")
+        prog="python -m resnest_pl.ablation", description=__doc__.split("\n\n")[0].strip("`")
     )
     parser.add_argument("--config", required=True, help="the grid file (configs/ablation/*.yaml)")
     parser.add_argument("--output", help="output folder (default: the grid's `output`, else runs/ablation/<name>)")
@@ -369,9 +369,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(failures)} of {len(plan.runs)} runs failed:\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    for signum in (signal.SIGINT, signal.SIGTERM):  # `kill` stops the current fit too, like Ctrl-C
-        signal.signal(signum, raise_interrupted)
-    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The checks that run outside the suite (pre-commit, CI) run what the Makefile and ``.ci/run`` run."""
+
+from __future__ import annotations
+
+import configparser
+import re
+
+import yaml
+from packaging.requirements import Requirement
+
+from .helpers import ROOT
+
+
+def make_recipe(target: str) -> list[str]:
+    """The command lines of a Makefile target."""
+    lines = (ROOT / "Makefile").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{target}:"))
+    recipe = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("\t"):
+            break
+        recipe.append(line.strip())
+    return recipe
+
+
+def make_variable(name: str) -> str:
+    match = re.search(rf"^{name} \?= (.+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert match, f"{name} not in the Makefile"
+    return match.group(1)
+
+
+def pre_commit_repos() -> dict[str, dict]:
+    config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    return {repo["repo"].rsplit("/", 1)[-1]: repo for repo in config["repos"]}
+
+
+def test_pre_commit_runs_the_tools_of_make_lint() -> None:
+    # `$(VENV)/bin/ruff format --check .` -> the hook `ruff-format`
+    tools = ["-".join(line.removeprefix("$(VENV)/bin/").split()[:2]) for line in make_recipe("lint")]
+    ruff = pre_commit_repos()["ruff-pre-commit"]
+    assert sorted(hook["id"] for hook in ruff["hooks"]) == sorted(tools) == ["ruff-check", "ruff-format"]
+    assert not any(hook.get("args") for hook in ruff["hooks"])  # settings come from pyproject.toml, as for make
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    dev = [Requirement(line) for line in setup["options.extras_require"]["dev"].split("\n") if line]
+    ruff_spec = next(r.specifier for r in dev if r.name == "ruff")
+    assert ruff["rev"].removeprefix("v") in ruff_spec
+
+
+def test_nbstripout_covers_every_notebook() -> None:
+    (hook,) = pre_commit_repos()["nbstripout"]["hooks"]
+    notebooks = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "notebooks").glob("*.ipynb"))
+    assert notebooks and all(re.search(hook["files"], path) for path in notebooks)
+
+
+def test_ci_runs_the_readme_test_command_with_the_makefile_torch() -> None:
+    assert make_recipe("test")[0].startswith("$(PY) -m pytest")
+    assert [line for line in (ROOT / ".ci/run").read_text().splitlines() if line.startswith("make")] == [
+        "make install",
+        "make test",
+    ]
+    workflow = yaml.safe_load((ROOT / ".github/workflows/ci.yml").read_text())
+    assert {"push", "pull_request"} <= set(workflow[True])  # YAML 1.1 reads the key `on` as true
+    steps = workflow["jobs"]["test"]["steps"]
+    python = next(step for step in steps if step.get("uses", "").startswith("actions/setup-python"))
+    assert python["with"]["python-version"] == "3.11"
+    (run,) = [step for step in steps if "run" in step]
+    assert run["run"] == ".ci/run"
+    pins = make_variable("TORCH_SPEC").split()
+    assert run["env"]["TORCH_SPEC"].split()[: len(pins)] == pins
