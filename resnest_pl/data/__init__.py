@@ -12,7 +12,7 @@ from .datasets import ArrayDataset, ImageFileDataset
 from .decode import decode_image, read_image
 from .digits import DigitsDataModule
 from .errors import DataLayoutError, DatasetNotFoundError
-from .folder import IMAGE_EXTENSIONS, find_images, scan_class_folders
+from .scan import IMAGE_EXTENSIONS, find_images, scan_class_folders
 from .image_folder import ImageFolderDataModule
 from .imagenet import ImageNetDataModule
 from .shard import convert as convert_to_shards

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .collate import SkipUnreadable
 from .datasets import ImageFileDataset
-from .folder import find_images
+from .scan import find_images
 from .repeated import RepeatedAugmentationSampler
 from .resumable import ResumableSampler, SeededSamples
 from .transforms import ImageTransform

@@ -14,7 +14,7 @@ from .datasets import ImageFileDataset
 from .device_decode import check_decode_device, check_device_augmentations
 from .encoded import DeviceCrop, EncodedFileDataset, SeededCrop, collate_encoded
 from .errors import DataLayoutError, DatasetNotFoundError
-from .folder import list_classes, scan_class_folders
+from .scan import list_classes, scan_class_folders
 from .split import stratified_split
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, AutoAugmentName, ImageTransform, Interpolation
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .base import Split
 from .errors import DatasetNotFoundError
-from .folder import scan_class_folders
+from .scan import scan_class_folders
 from .image_folder import ImageFolderDataModule
 from .transforms import (
     IMAGENET_MEAN,
