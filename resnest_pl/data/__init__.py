@@ -12,9 +12,9 @@ from .datasets import ArrayDataset, ImageFileDataset
 from .decode import decode_image, read_image
 from .digits import DigitsDataModule
 from .errors import DataLayoutError, DatasetNotFoundError
-from .scan import IMAGE_EXTENSIONS, find_images, scan_class_folders
 from .image_folder import ImageFolderDataModule
 from .imagenet import ImageNetDataModule
+from .scan import IMAGE_EXTENSIONS, find_images, scan_class_folders
 from .shard import convert as convert_to_shards
 from .sharded import ShardedDataModule
 from .split import stratified_split

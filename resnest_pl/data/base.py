@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .collate import SkipUnreadable
 from .datasets import ImageFileDataset
-from .scan import find_images
 from .repeated import RepeatedAugmentationSampler
 from .resumable import ResumableSampler, SeededSamples
+from .scan import find_images
 from .transforms import ImageTransform
 
 Split = Literal["train", "val", "test"]

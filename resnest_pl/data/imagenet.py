@@ -6,8 +6,8 @@ from pathlib import Path
 
 from .base import Split
 from .errors import DatasetNotFoundError
-from .scan import scan_class_folders
 from .image_folder import ImageFolderDataModule
+from .scan import scan_class_folders
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
