@@ -46,8 +46,8 @@ def save(axes: plt.Axes, path: Path) -> Path:
 
 
 def write_plots(study: optuna.Study, out: Path) -> tuple[list[Path], list[str]]:
-    """The optimisation history, and the parameter importances when two complete trials differ in a value;
-    returns the files and notes on what was skipped."""
+    """The optimisation history, and the parameter importances once complete trials differ in a parameter and in
+    ``val/acc1`` (importances of equal results are meaningless); returns the files and notes on what was skipped."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     paths, notes = [], []
     with warnings.catch_warnings():
@@ -58,10 +58,10 @@ def write_plots(study: optuna.Study, out: Path) -> tuple[list[Path], list[str]]:
             notes.append(f"{HISTORY}: skipped, no complete trial")
         keys = {key for trial in complete for key in trial.params}
         varying = any(len({repr(trial.params.get(key)) for trial in complete}) > 1 for key in keys)
-        if len(complete) >= 2 and varying:
+        if varying and len({trial.value for trial in complete}) > 1:
             paths.append(save(plot_param_importances(study, target_name="val/acc1"), out / IMPORTANCES))
         else:
-            notes.append(f"{IMPORTANCES}: skipped, needs two complete trials with different values")
+            notes.append(f"{IMPORTANCES}: skipped, needs complete trials that differ in a parameter and in val/acc1")
     return paths, notes
 
 

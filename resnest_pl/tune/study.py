@@ -55,8 +55,8 @@ def open_study(
         study.set_user_attr("command", command)
     elif made_with != command:
         raise TuneError(
-            f"study {name!r} was made with another recipe or search space ({made_with}); "
-            "give another --out or --study-name, or the same recipe and space to continue it"
+            f"study {name!r} was made with another recipe or search space (its user attribute 'command' holds "
+            "them); give another --out or --study-name, or the same recipe and space to continue it"
         )
     return study
 
