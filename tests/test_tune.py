@@ -4,18 +4,20 @@ except for the pruning test, which checks the default child-process trials."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import optuna
 import pandas as pd
 import pytest
+import torch
 import yaml
 from optuna.trial import TrialState
 
 from resnest_pl.ablation.commands import resolve
 from resnest_pl.tune import TuneError, trials
 from resnest_pl.tune.command import main
-from resnest_pl.tune.pruning import PRUNED_AT
+from resnest_pl.tune.pruning import PRUNED_AT, ReportToStudy
 from resnest_pl.tune.space import load_space
 from tests.helpers import CONFIGS, QUICK
 
@@ -181,3 +183,25 @@ def test_a_trial_below_the_median_is_pruned_and_its_fit_stops(tmp_path: Path) ->
     assert pruned.user_attrs[PRUNED_AT] == 0
     assert list(pruned.intermediate_values) == [0]  # the fit stopped after its first epoch (of three)
     assert "best checkpoint:" in (out / "trial_1" / "fit.log").read_text()  # and ended normally
+
+
+def test_the_last_epoch_is_reported_but_never_pruned(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.add_trial(optuna.create_trial(value=1.0, intermediate_values={0: 1.0, 1: 1.0, 2: 1.0}))
+    callback = ReportToStudy(storage, "s", study.ask()._trial_id, optuna.pruners.MedianPruner(n_startup_trials=1))
+    for epoch, stops in [(1, True), (2, False)]:  # of max_epochs 3
+        trainer = SimpleNamespace(
+            is_global_zero=True,
+            sanity_checking=False,
+            callback_metrics={"val/acc1": torch.tensor(0.5)},
+            current_epoch=epoch,
+            max_epochs=3,
+            strategy=SimpleNamespace(broadcast=lambda value: value),
+            should_stop=False,
+        )
+        callback.setup(trainer, None, "fit")
+        callback.on_validation_end(trainer, None)
+        assert trainer.should_stop is stops
+    assert study.trials[1].intermediate_values == {1: 0.5, 2: 0.5}
+    assert study.trials[1].user_attrs[PRUNED_AT] == 1

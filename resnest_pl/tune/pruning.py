@@ -24,7 +24,7 @@ PRUNED_AT = "pruned_at_epoch"
 
 class ReportToStudy(Callback):
     """Report ``val/acc1`` at each validation (step = epoch) to trial ``trial_id`` of the study, and stop the fit
-    at the end of that epoch once ``pruner`` prunes the trial.
+    at the end of that epoch once ``pruner`` prunes the trial (never at the last epoch).
 
     Under DDP only global rank 0 connects to the study; its decision is broadcast so that every rank stops."""
 
@@ -53,7 +53,9 @@ class ReportToStudy(Callback):
             if value is None:
                 raise ValueError(f"tune: the fit logged no {MONITOR} to report to the study")
             self.trial.report(float(value), step=trainer.current_epoch)
-            prune = self.trial.should_prune()
+            # Not at the last epoch: stopping there saves nothing, and would hide a finished fit as pruned.
+            last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs > 0
+            prune = not last and self.trial.should_prune()
             if prune:
                 self.trial.set_user_attr(PRUNED_AT, trainer.current_epoch)
         if trainer.strategy.broadcast(prune):
