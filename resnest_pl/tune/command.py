@@ -17,6 +17,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import optuna
 from optuna.distributions import distribution_to_json
 
@@ -91,7 +92,12 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     url = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     name = args.study_name or out.as_posix()
     command = {"recipe": recipe.args, "space": {key: distribution_to_json(d) for key, d in space.items()}}
-    study = open_study(open_storage(url, heartbeat=True), name, optuna.samplers.TPESampler(seed=args.seed), command)
+    study = open_study(open_storage(url, heartbeat=True), name, command)
+    if args.seed is not None:
+        # A stream of its own per number of trials already there, so that a resumed study does not draw its first
+        # run's values again (nor do processes with different seeds share one).
+        stream = np.random.SeedSequence(args.seed, spawn_key=(len(study.get_trials(deepcopy=False)),))
+        study.sampler = optuna.samplers.TPESampler(seed=int(stream.generate_state(1)[0]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # a trial left RUNNING by a killed run: FAIL, queued again
