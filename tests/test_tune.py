@@ -19,7 +19,8 @@ from resnest_pl.tune import TuneError, trials
 from resnest_pl.tune.command import main
 from resnest_pl.tune.pruning import PRUNED_AT, ReportToStudy
 from resnest_pl.tune.space import load_space
-from tests.helpers import CONFIGS, QUICK
+
+from .helpers import CONFIGS, QUICK
 
 RECIPE = str(CONFIGS / "quickstart.yaml")
 # Two epochs of four training batches, two validation batches: each fit takes a second or two.
@@ -144,10 +145,24 @@ def test_bad_search_space_entries_are_refused(tmp_path: Path, spec: dict[str, An
     assert message in str(error.value)
 
 
-def test_in_process_trials_need_one_device(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("count", "fit", "message"),
+    [
+        (1, ("--trainer.devices", "2"), "use --launch subprocess"),  # in-process trials need one device
+        (0, (), "at least 1, not 0"),
+        (1, ("max_epochs", "3"), "are --key value pairs; got 'max_epochs'"),
+        (1, ("--trainer.nonsense", "3"), "the recipe: the fit command does not parse: unrecognized arguments"),
+    ],
+)
+def test_bad_commands_are_refused_before_any_trial(
+    tmp_path: Path, capsys: pytest.CaptureFixture, count: int, fit: tuple[str, ...], message: str
+) -> None:
     space = write_space(tmp_path, {LR: SPACE[LR]})
-    assert tune(tmp_path / "study", space, 1, fit=("--trainer.devices", "2")) == 2
-    assert "use --launch subprocess" in capsys.readouterr().err
+    args = ["--config", RECIPE, "--search", str(space), "--trials", str(count), "--out", str(tmp_path / "study")]
+    assert main([*args, "--launch", "in-process", *fit]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err
+    assert not (tmp_path / "study").exists()
 
 
 def test_an_interrupted_trial_is_run_again_with_its_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 from optuna.distributions import distribution_to_json
+from sqlalchemy.engine import make_url
 
 from ..cli import DEBUG_ENV
 from . import TuneError
@@ -55,12 +56,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         default="subprocess",
         help="run each fit as a child process (isolated; any devices) or in this process (single device)",
     )
-    args, overrides = parser.parse_known_args(argv)
-    if overrides and not overrides[0].startswith("--"):
-        parser.error(f"fit overrides are --key value pairs; got {overrides[0]!r}")
-    if args.trials < 1:
-        parser.error("--trials must be at least 1")
-    return args, overrides
+    return parser.parse_known_args(argv)
 
 
 def pruner_spec(args: argparse.Namespace) -> dict | None:
@@ -82,6 +78,10 @@ def check_single_process(recipe: Recipe) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    if args.trials < 1:
+        raise TuneError(f"--trials is the number of trials the study should hold: at least 1, not {args.trials}")
+    if overrides and not overrides[0].startswith("--"):
+        raise TuneError(f"fit overrides after the options are --key value pairs; got {overrides[0]!r}")
     space = load_space(args.search)
     recipe = load_recipe(args.config, overrides)
     out = Path(args.out or Path("runs", "tune", Path(args.search).stem))
@@ -102,7 +102,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # a trial left RUNNING by a killed run: FAIL, queued again
     left = args.trials - done_count(study)
-    print(f"study {name!r} in {url}: {args.trials - left} of {args.trials} trials done", flush=True)
+    shown = make_url(url).render_as_string(hide_password=True)
+    print(f"study {name!r} in {shown}: {args.trials - left} of {args.trials} trials done", flush=True)
     if left > 0:
         objective = Objective(recipe, space, out, url, name, pruner_spec(args), args.launch == "in-process")
 
