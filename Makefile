@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 CONFIG ?= configs/quickstart.yaml
 
-.PHONY: install quickstart test test-fast lint format bench bench-data bench-memory bench-gpu ablate variants clean
+.PHONY: install quickstart test test-fast lint format bench bench-data bench-memory bench-gpu ablate tune variants clean
 
 install: $(VENV)/.installed
 
@@ -55,6 +55,12 @@ bench-gpu: install
 # One intra-op thread per fit: on a 2-core machine torch's default two threads stall whenever anything else runs.
 ablate: install
 	OMP_NUM_THREADS=1 $(PY) -m resnest_pl.ablation --config configs/ablation/digits.yaml
+
+# The quick start's hyper-parameter search: 12 trials of 3 epochs (rerun: nothing left to run, outputs rewritten).
+TUNE_OUT ?= runs/tune/quickstart
+tune: install
+	OMP_NUM_THREADS=1 $(PY) -m resnest_pl.tune --config configs/quickstart.yaml --search configs/tune/quickstart.yaml \
+		--trials 12 --seed 0 --prune-warmup-epochs 1 --out $(TUNE_OUT) --trainer.max_epochs 3 --trainer.enable_progress_bar false
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
