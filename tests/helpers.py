@@ -81,6 +81,25 @@ def run_killable(args: list[str], timeout: float, **kwargs: Any) -> subprocess.C
     return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
 
 
+def quickstart_command(tmp_path: Path, subcommand: str, *extra: str) -> list[str]:
+    """CLI arguments of the quick start's ``subcommand`` for one epoch, its checkpoints and CSV logs in
+    ``tmp_path / "run"``; ``extra`` arguments come last, so they override."""
+    run = str(tmp_path / "run")
+    return [
+        subcommand,
+        "--config",
+        str(CONFIGS / "quickstart.yaml"),
+        "--trainer.default_root_dir",
+        run,
+        "--trainer.logger.init_args.save_dir",
+        run,
+        "--trainer.max_epochs",
+        "1",
+        *QUICK,
+        *extra,
+    ]
+
+
 def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
     """Run the CLI in this process; returns the exit status and stderr."""
     try:

@@ -19,29 +19,14 @@ from resnest_pl.module import ResNeStClassifier
 from resnest_pl.prediction import PredictionCSVWriter
 
 from .fixtures import write_images, write_jpeg_tree
-from .helpers import CONFIGS, QUICK, ROOT, TINY, make_trainer, run_cli
+from .helpers import CONFIGS, ROOT, TINY, make_trainer, quickstart_command, run_cli
 
 ANIMALS = ["cat", "dog", "fox"]
 
 
 def quickstart(tmp_path: Path, subcommand: str, *extra: str) -> list[str]:
-    return [
-        subcommand,
-        "--config",
-        str(CONFIGS / "quickstart.yaml"),
-        "--trainer.default_root_dir",
-        str(tmp_path / "run"),
-        "--trainer.logger.init_args.save_dir",
-        str(tmp_path / "run"),
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.limit_train_batches",
-        "1",
-        "--trainer.limit_val_batches",
-        "1",
-        *QUICK,
-        *extra,
-    ]
+    limits = ["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"]
+    return quickstart_command(tmp_path, subcommand, *limits, *extra)
 
 
 def assert_one_error_line(code: int, err: str, starts: str) -> None:

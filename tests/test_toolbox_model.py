@@ -28,7 +28,7 @@ from resnest_pl.module import ResNeStClassifier
 from resnest_pl.prediction import PredictionCSVWriter
 
 from .cli_config import parsed_config
-from .helpers import CONFIGS, QUICK, TINY, make_trainer, run_cli, tiny_model
+from .helpers import CONFIGS, TINY, make_trainer, quickstart_command, run_cli, tiny_model
 
 CLIP = 1.0  # configs/trainer/clip-norm.yaml
 
@@ -117,21 +117,7 @@ class RecordOptimization(Callback):
 
 
 def quickstart(tmp_path: Path, subcommand: str, *extra: str) -> list[str]:
-    return [
-        subcommand,
-        "--config",
-        str(CONFIGS / "quickstart.yaml"),
-        "--trainer.default_root_dir",
-        str(tmp_path / "run"),
-        "--trainer.logger.init_args.save_dir",
-        str(tmp_path / "run"),
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.limit_val_batches",
-        "2",
-        *QUICK,
-        *extra,
-    ]
+    return quickstart_command(tmp_path, subcommand, "--trainer.limit_val_batches", "2", *extra)
 
 
 def test_adamw_recipe_clip_norm_preset_and_drop_path_through_the_cli(

@@ -3,7 +3,8 @@
 import signal
 import sys
 
-from .run import main, raise_interrupted
+from .launch import raise_interrupted
+from .run import main
 
 if __name__ == "__main__":
     for signum in (signal.SIGINT, signal.SIGTERM):  # `kill` stops the current fit too, like Ctrl-C

@@ -17,6 +17,20 @@ MAXRSS_PER_MIB = 1024 * 1024 if sys.platform == "darwin" else 1024
 STOP_GRACE_S = 10.0
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised in the main thread like Ctrl-C's ``KeyboardInterrupt`` (so that the running fit is
+    stopped with it, see :func:`run_logged`); ``signum`` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def raise_interrupted(signum: int, frame: object) -> None:
+    """A signal handler for SIGINT and SIGTERM that raises :class:`Interrupted`."""
+    raise Interrupted(signum)
+
+
 @dataclass(frozen=True)
 class Launch:
     """How a child process ended."""

@@ -327,18 +327,6 @@ def run_grid(plan: Plan) -> list[str]:
     return failures
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM, raised in the main thread like Ctrl-C's ``KeyboardInterrupt``; ``signum`` says which."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def raise_interrupted(signum: int, frame: object) -> None:
-    raise Interrupted(signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run (or plan, or emit) a grid; returns the exit status: 0, 1 when runs failed, 2 for a bad grid (one
     ``error:`` line; ``RESNEST_PL_DEBUG=1`` raises instead), 128 + the signal when interrupted (130 for Ctrl-C,

@@ -1,7 +1,8 @@
 import signal
 import sys
 
-from .command import main, raise_interrupted
+from ..ablation.launch import raise_interrupted
+from .command import main
 
 if __name__ == "__main__":
     for signum in (signal.SIGINT, signal.SIGTERM):  # `kill` stops the running fit too, like Ctrl-C

@@ -131,15 +131,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         print("\ninterrupted: run the same command again to continue the study", file=sys.stderr)
         return 128 + getattr(interrupt, "signum", signal.SIGINT)
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM (or SIGINT) raised like Ctrl-C's ``KeyboardInterrupt``, so the running fit is stopped with it."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def raise_interrupted(signum: int, frame: object) -> None:
-    raise Interrupted(signum)
