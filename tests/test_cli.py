@@ -284,6 +284,17 @@ def test_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
     assert lrs == pytest.approx([0.0, 0.2 / 3, 0.4 / 3], rel=1e-6)  # logged as float32
 
 
+@pytest.mark.slow
+def test_ddp_repeated_augmentation_sends_the_copies_of_an_image_to_different_ranks(tmp_path: Path) -> None:
+    """With ``aug_repeats`` equal to the number of processes, each image's two copies are dealt to the two ranks
+    (timm's RepeatAugSampler order), so both ranks' first batches hold the same images, in the same order."""
+    ddp = ["--config", str(CONFIGS / "trainer/cpu-ddp.yaml"), "--data.aug_repeats", "2"]
+    fit_in_subprocess([*quickstart(tmp_path), *ddp, *rank_probe(tmp_path)])
+    first, second = rank_states(tmp_path)
+    assert len(first["first_targets"]) == 64
+    assert torch.equal(first["first_targets"], second["first_targets"])
+
+
 # ---- corrupt images --------------------------------------------------------------------------------------------
 
 TRAIN_BROKEN, VAL_BROKEN = 7, 2
