@@ -1,7 +1,8 @@
 """Per-class accuracy and the confusion matrix of a validate/test epoch: a CSV and a PNG in the run's log folder
 (beside CSVLogger's ``metrics.csv``), and the figure in TensorBoard or wandb when those loggers are active.
 
-The files hold the latest epoch (each validation overwrites them); TensorBoard and wandb keep every epoch's figure.
+The files hold the latest epoch (each validation overwrites them; in a fit the PNG is drawn at the last validation
+only, see :func:`figure_due`); TensorBoard and wandb keep every epoch's figure.
 Without a logger (``trainer.logger: false``) nothing is written.
 """
 
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+from pytorch_lightning.trainer.states import TrainerFn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
@@ -94,6 +96,20 @@ def confusion_figure(confusion: np.ndarray, names: Sequence[str], title: str) ->
     return figure
 
 
+def figure_due(trainer: pl.Trainer) -> bool:
+    """Whether this epoch's figure is drawn: always in validate / test, with a logger that keeps images
+    (TensorBoard, wandb), and at a fit's last validation. A CSV-only fit would otherwise redraw the one PNG it
+    keeps at every epoch, some 8 % of the quick start's time."""
+    if trainer.state.fn != TrainerFn.FITTING:
+        return True
+    if any(isinstance(logger, (TensorBoardLogger, WandbLogger)) for logger in trainer.loggers):
+        return True
+    max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
+    last_epoch = 0 <= max_epochs <= trainer.current_epoch + 1
+    last_step = 0 <= trainer.max_steps <= trainer.global_step
+    return last_epoch or last_step or trainer.should_stop
+
+
 def log_figure(loggers: Sequence[object], tag: str, figure: Figure, png: Path, step: int) -> None:
     """Send the figure to the TensorBoard and wandb loggers among ``loggers`` (others have no images)."""
     for logger in loggers:
@@ -105,8 +121,9 @@ def log_figure(loggers: Sequence[object], tag: str, figure: Figure, png: Path, s
 
 def report_class_metrics(trainer: pl.Trainer, metrics: MetricCollection, stage: str, names: Sequence[str]) -> None:
     """At the end of a validate/test epoch, on every process: compute (across processes) and reset ``metrics``;
-    rank zero writes ``<log dir>/<stage>_class_accuracy.csv`` and, up to :data:`FIGURE_MAX_CLASSES` classes,
-    ``<stage>_confusion_matrix.png``, and logs the figure. Nothing during the sanity check or without a logger."""
+    rank zero writes ``<log dir>/<stage>_class_accuracy.csv`` and, up to :data:`FIGURE_MAX_CLASSES` classes
+    and when :func:`figure_due`, ``<stage>_confusion_matrix.png``, and logs the figure. Nothing during the
+    sanity check or without a logger."""
     # The same answer on every process (compute and log_dir are collectives): no per-process condition here.
     if trainer.sanity_checking or not trainer.loggers:
         metrics.reset()
@@ -119,7 +136,7 @@ def report_class_metrics(trainer: pl.Trainer, metrics: MetricCollection, stage: 
     folder.mkdir(parents=True, exist_ok=True)
     accuracy, confusion = values["accuracy"].cpu().numpy(), values["confusion"].cpu().numpy()
     write_class_accuracy(folder / f"{stage}_class_accuracy.csv", names, accuracy, confusion)
-    if len(names) <= FIGURE_MAX_CLASSES:
+    if len(names) <= FIGURE_MAX_CLASSES and figure_due(trainer):
         title = f"{stage} confusion matrix, epoch {trainer.current_epoch}, step {trainer.global_step}"
         figure = confusion_figure(confusion, names, title)
         png = folder / f"{stage}_confusion_matrix.png"

@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from resnest_pl import class_metrics
 from resnest_pl.data import DigitsDataModule, normalize
 from resnest_pl.data.decode import read_image
 from resnest_pl.models import create_model, same_architecture
@@ -284,6 +285,22 @@ def test_no_class_metric_files_without_a_logger(tmp_path: Path) -> None:
         "val_class_accuracy.csv",
         "val_confusion_matrix.png",
     ]
+
+
+def test_a_csv_logged_fit_draws_the_confusion_matrix_at_its_last_validation_only(tmp_path: Path, monkeypatch) -> None:
+    drawn: list[str] = []
+    draw = class_metrics.confusion_figure
+    monkeypatch.setattr(class_metrics, "confusion_figure", lambda *args: drawn.append(args[2]) or draw(*args))
+    model = ResNeStClassifier("resnest14d", num_classes=4, model_overrides=TINY, warmup_epochs=0)
+    data = DataLoader(TensorDataset(torch.randn(8, 3, 16, 16), torch.arange(8) % 4), batch_size=4)
+    logger = CSVLogger(tmp_path, name="csv")
+    make_trainer(logger=logger, max_epochs=3, num_sanity_val_steps=0).fit(model, data, data)
+    assert [title.split(",")[1].strip() for title in drawn] == ["epoch 2"]
+    rows = list(csv.DictReader((Path(logger.log_dir) / "val_class_accuracy.csv").open()))
+    assert len(rows) == 4  # the CSV is still written at every validation (the latest one kept)
+    drawn.clear()
+    make_trainer(logger=TensorBoardLogger(tmp_path), max_epochs=2, num_sanity_val_steps=0).fit(model, data, data)
+    assert len(drawn) == 2  # a logger that keeps images gets every epoch's figure
 
 
 # ---- horizontal-flip test-time augmentation ----------------------------------------------------------------------
