@@ -387,6 +387,8 @@ def test_wandb_without_key_runs_offline_and_writes_its_files(tmp_path: Path, no_
     log = record_log.read_bytes()
     assert b"DigitsDataModule" in log  # the whole resolved config, not only the model's arguments
     assert b"val/acc1" in log
+    # The per-class metrics' confusion-matrix figure, as a wandb image of the run.
+    assert list(runs[0].rglob("media/images/val/confusion_matrix_*.png")), sorted(runs[0].rglob("*"))
 
 
 def test_wandb_that_cannot_start_falls_back_to_csv(tmp_path: Path, no_wandb_key, monkeypatch, capsys) -> None:
