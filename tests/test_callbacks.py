@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -169,11 +170,15 @@ class MemoryLogger(Logger):
         self.metrics.update(metrics)
 
 
-def test_throughput_monitor_logs_images_and_flops_per_second() -> None:
+def test_throughput_monitor_logs_images_and_flops_per_second(tmp_path: Path) -> None:
     logger = MemoryLogger()
     model = ResNeStClassifier("resnest14d", num_classes=4, model_overrides=TINY_SMALL_INPUT)
     trainer = make_trainer(
-        max_epochs=1, logger=logger, log_every_n_steps=1, callbacks=[ImageThroughputMonitor(window_size=2)]
+        max_epochs=1,
+        logger=logger,
+        log_every_n_steps=1,
+        callbacks=[ImageThroughputMonitor(window_size=2)],
+        default_root_dir=tmp_path,  # where the per-class metrics go with a logger that has no folder of its own
     )
     trainer.fit(model, random_loader(32, 16), random_loader(24, 16))
 
@@ -191,11 +196,13 @@ def test_throughput_monitor_logs_images_and_flops_per_second() -> None:
     assert model.flops_per_batch > 2 * forward  # the backward pass is counted too
 
 
-def test_throughput_monitor_takes_points_every_window_and_at_the_last_batch() -> None:
+def test_throughput_monitor_takes_points_every_window_and_at_the_last_batch(tmp_path: Path) -> None:
     logger = MemoryLogger()
     model = ResNeStClassifier("resnest14d", num_classes=4, model_overrides=TINY_SMALL_INPUT)
     monitor = ImageThroughputMonitor(window_size=3, peak_tflops=1e-3)
-    trainer = make_trainer(max_epochs=1, logger=logger, log_every_n_steps=1, callbacks=[monitor])
+    trainer = make_trainer(
+        max_epochs=1, logger=logger, log_every_n_steps=1, callbacks=[monitor], default_root_dir=tmp_path
+    )
     trainer.fit(model, random_loader(56, 16))  # 7 batches: points after batches 1, 4, 7 (the last)
 
     train = monitor._throughputs[RunningStage.TRAINING]
