@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,15 +88,23 @@ class ImageFileDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> Sample | Replacement | None:
-        image = read_image(self.files[index], self.min_source_side)
+        image = self.read(index)
         if image is not None:
-            return self.transform(image), self.targets[index]
+            return self.sample(image, index), self.targets[index]
         logger.warning("skipping unreadable or corrupt image %s", self.files[index])
         if not self.replace_unreadable:
             return None
         for step in range(1, len(self.files)):
             other = (index + step) % len(self.files)
-            image = read_image(self.files[other], self.min_source_side)
+            image = self.read(other)
             if image is not None:
-                return self.transform(image), self.targets[other], 1
+                return self.sample(image, other), self.targets[other], 1
         raise ValueError(f"none of the {len(self.files)} images of this split can be read, e.g. {self.files[index]}")
+
+    def read(self, index: int) -> Any:
+        """File ``index`` as the dataset reads it (here: decoded RGB pixels), or None when it cannot be read."""
+        return read_image(self.files[index], self.min_source_side)
+
+    def sample(self, image: Any, index: int) -> Any:
+        """What the dataset yields for file ``index`` read as ``image`` (here: the transformed pixels)."""
+        return self.transform(image)

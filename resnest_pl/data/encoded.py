@@ -16,8 +16,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
+from .datasets import ImageFileDataset
 from .decode import decode_image
 from .transforms import CROP_RATIO, crop_scale
 
@@ -116,10 +116,10 @@ def read_encoded(path: str) -> torch.Tensor | None:
     return None if pixels is None else torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
-class EncodedFileDataset(Dataset):
+class EncodedFileDataset(ImageFileDataset):
     """Training image files read by :func:`read_encoded`, as ``(EncodedImage, class index)``; an unreadable file is
-    logged and replaced by the next readable one, marked ``(EncodedImage, class index, 1)`` (see
-    :class:`~resnest_pl.data.ImageFileDataset`, which does the same for decoded images).
+    logged and replaced by the next readable one, marked ``(EncodedImage, class index, 1)``, as
+    :class:`~resnest_pl.data.ImageFileDataset` does for training (whose replacement loop this reuses).
 
     Args:
         files: image paths.
@@ -128,29 +128,13 @@ class EncodedFileDataset(Dataset):
     """
 
     def __init__(self, files: Sequence[str], targets: Sequence[int], transform: SeededCrop) -> None:
-        if len(files) != len(targets):
-            raise ValueError(f"{len(files)} files but {len(targets)} targets")
-        self.files = list(files)
-        self.targets = [int(t) for t in targets]
-        self.transform = transform
+        super().__init__(files, targets, transform, replace_unreadable=True)  # type: ignore[arg-type]
 
-    def __len__(self) -> int:
-        return len(self.files)
+    def read(self, index: int) -> torch.Tensor | None:
+        return read_encoded(self.files[index])
 
-    def __getitem__(self, index: int) -> tuple[EncodedImage, int] | tuple[EncodedImage, int, int]:
-        data = read_encoded(self.files[index])
-        if data is not None:
-            return self._sample(data, index), self.targets[index]
-        logger.warning("skipping unreadable or corrupt image %s", self.files[index])
-        for step in range(1, len(self.files)):
-            other = (index + step) % len(self.files)
-            data = read_encoded(self.files[other])
-            if data is not None:
-                return self._sample(data, other), self.targets[other], 1
-        raise ValueError(f"none of the {len(self.files)} images of this split can be read, e.g. {self.files[index]}")
-
-    def _sample(self, data: torch.Tensor, index: int) -> EncodedImage:
-        return EncodedImage(data, self.transform.seed, self.transform.crop, self.files[index])
+    def sample(self, image: torch.Tensor, index: int) -> EncodedImage:
+        return EncodedImage(image, self.transform.seed, self.transform.crop, self.files[index])
 
 
 def collate_encoded(
