@@ -96,12 +96,13 @@ class FusedEMAModel(AveragedModel):
     or a state-dict load), and integer buffers (BatchNorm's ``num_batches_tracked``) are copied, not averaged.
     ``lerp`` computes ``ema + (1 - decay) * (model - ema)``, equal to ``decay * ema + (1 - decay) * model`` but for
     the last bit. The state dict is ``AveragedModel``'s, so checkpoints of either load into the other.
+    The average lives on ``device`` (the model's when ``None``): ``_foreach_lerp_`` takes no tensors of two devices.
     """
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        super().__init__(model, use_buffers=True)
+    def __init__(self, model: nn.Module, decay: float, device: torch.device | None = None) -> None:
+        super().__init__(model, device=device, use_buffers=True)
         self.decay = decay
-        self._updates: int | None = None
+        self._updates: int | None = 0  # n_averaged, mirrored on the host
 
     def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
         self._updates = None  # n_averaged changes: read it again at the next update
@@ -136,8 +137,10 @@ class FusedEMAWeightAveraging(EMAWeightAveraging):
         self.decay = decay**every_n_steps
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Before the strategy moves the module, Lightning reports the device it will move it to as its ``device``:
+        # the average is built there, as Lightning's own ``WeightAveraging.setup`` does.
         if stage == "fit":
-            self._average_model = FusedEMAModel(pl_module, self.decay)
+            self._average_model = FusedEMAModel(pl_module, self.decay, device=self._device or pl_module.device)
 
 
 class NesterovSGD(torch.optim.SGD):
@@ -397,6 +400,9 @@ class ResNeStClassifier(pl.LightningModule):
         self._flops: dict[tuple[tuple[int, ...], bool], int] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # Under precision "bf16-true" / "16-true" the parameters are half-width floats; the data arrive as float32.
+        if images.is_floating_point() and images.dtype != self.dtype:
+            images = images.to(self.dtype)
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)
@@ -420,8 +426,9 @@ class ResNeStClassifier(pl.LightningModule):
             )
         mean, std = (getattr(self.trainer.datamodule, key, None) for key in ("mean", "std"))
         self._normalization = None
-        if mean is not None and std is not None:
-            self._normalization = (torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32))
+        if mean is not None and std is not None:  # on the device the strategy will move the module to
+            mean_t, std_t = (torch.tensor(v, dtype=torch.float32, device=self.device) for v in (mean, std))
+            self._normalization = (mean_t, std_t)
         names = getattr(self.trainer.datamodule, "class_names", None)
         if names and len(names) == self.hparams.num_classes:
             self.class_names = list(names)

@@ -24,17 +24,19 @@ from pytorch_lightning.callbacks import Callback
 from torchvision.io import decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
-from resnest_pl.data import ImageFolderDataModule, normalize
+from resnest_pl.data import ImageFolderDataModule, device_decode, normalize
 from resnest_pl.data import image_folder as image_folder_module
+from resnest_pl.data.decode import read_image
 from resnest_pl.data.device_decode import (
     CropDraw,
     check_decode_device,
     color_jitter,
     crop_image,
     decode_batch,
+    decode_images,
     draw_crop,
 )
-from resnest_pl.data.encoded import DeviceCrop, EncodedImages
+from resnest_pl.data.encoded import EXIF_ORIENTATION, DeviceCrop, EncodedImage, EncodedImages, read_encoded
 from resnest_pl.data.transforms import IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC
 from resnest_pl.module import ResNeStClassifier
 
@@ -294,3 +296,43 @@ def test_the_default_keeps_the_cpu_pipeline(folder: Path) -> None:
     images, *_ = next(iter(data.train_dataloader()))
     assert isinstance(images, torch.Tensor) and images.shape == (BATCH, 3, CROP, CROP)
     assert math.isclose(data.color_jitter, 0.4) and not data.decode_on_device
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_a_jpeg_with_an_exif_orientation_gives_the_cpu_pipelines_image(tmp_path: Path, orientation: int) -> None:
+    """nvJPEG (and ``decode_jpeg`` on the CPU) ignore the EXIF orientation tag, which OpenCV, the CPU pipeline's
+    decoder, applies: a photo taken with the phone turned must reach the model the same way on both paths."""
+    (path,) = write_images(tmp_path, 1, seed=3, size=(48, 32))
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    with Image.open(path) as image:
+        image.save(path, exif=exif, quality=90)
+    data = read_encoded(str(path))
+    assert data is not None and (data.ndim == 1) == (orientation == 1)  # only upright JPEGs go to the device
+    crop = DeviceCrop.recipe(CROP, 0.0, 0.0)
+    (decoded,) = decode_images(EncodedImages([EncodedImage(data, 0, crop, str(path))]), "cpu")
+    cpu_pipeline = torch.from_numpy(read_image(str(path))).permute(2, 0, 1)
+    assert decoded is not None and decoded.shape == cpu_pipeline.shape
+    assert (decoded.float() - cpu_pipeline.float()).abs().mean() < 2.0  # libjpeg's and OpenCV's IDCTs may differ
+
+
+def test_pixels_decoded_by_the_workers_reach_the_device_through_pinned_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PNG (decoded by a worker) goes to the device by the same pinned, non-blocking copy as the small tensors;
+    on the CPU that copy is a plain ``to``, so the test watches which path the pixels take."""
+    png = tmp_path / "flat.png"
+    Image.fromarray(np.full((30, 40, 3), (10, 200, 30), dtype=np.uint8)).save(png)
+    copied: list[tuple[int, ...]] = []
+    real = device_decode._to_device
+
+    def watch(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+        copied.append(tuple(values.shape))
+        return real(values, device)
+
+    monkeypatch.setattr(device_decode, "_to_device", watch)
+    pixels = read_encoded(str(png))
+    assert pixels is not None and pixels.ndim == 3
+    crop = DeviceCrop.recipe(CROP, 0.0, 0.0)
+    (decoded,) = decode_images(EncodedImages([EncodedImage(pixels, 0, crop, str(png))]), "cpu")
+    assert copied == [(3, 30, 40)] and decoded is not None and torch.equal(decoded, pixels)

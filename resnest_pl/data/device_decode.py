@@ -187,15 +187,16 @@ def decode_jpegs(data: Sequence[torch.Tensor], device: torch.device | str) -> li
             images.append(_decode([encoded], device)[0])
         except RuntimeError:
             pixels = decode_image(encoded.numpy())
-            images.append(None if pixels is None else torch.from_numpy(pixels).permute(2, 0, 1).to(device))
+            images.append(None if pixels is None else _to_device(torch.from_numpy(pixels).permute(2, 0, 1), device))
     return images
 
 
 def decode_images(encoded: EncodedImages, device: torch.device | str) -> list[torch.Tensor | None]:
     """Every image of the batch on ``device``, in order: the JPEGs decoded there, the rest moved there."""
     images: list[torch.Tensor | None] = [None] * len(encoded)
+    device = torch.device(device)
     for position, pixels in encoded.pixels.items():
-        images[position] = pixels.to(device)
+        images[position] = _to_device(pixels, device)
     jpegs = encoded.jpegs()
     if jpegs:  # decode_jpeg refuses an empty list
         for position, image in zip(jpegs, decode_jpegs(list(jpegs.values()), device), strict=True):

@@ -1,14 +1,17 @@
 """Training samples read as file bytes by the loader workers, for decoding and cropping on the device
 (``decode_on_device``; the device side is :mod:`resnest_pl.data.device_decode`).
 
-A worker reads each file and passes a JPEG on as its bytes; anything else (PNG, BMP, ...) it decodes itself
-with OpenCV and passes on as pixels, so the device only ever decodes JPEGs. A file that cannot be read, or
-that is no image OpenCV can decode, is replaced by the next readable file as :class:`ImageFileDataset` does.
+A worker reads each file and passes an upright JPEG on as its bytes; anything else (PNG, BMP, ..., and a JPEG
+whose EXIF orientation tag asks for a rotation or a mirror, which nvJPEG would ignore) it decodes itself with
+OpenCV, as the CPU pipeline does, and passes on as pixels, so the device only ever decodes upright JPEGs. A file
+that cannot be read, or that is no image OpenCV can decode, is replaced by the next readable file as
+:class:`ImageFileDataset` does.
 A file that starts as a JPEG but does not decode is found on the device (see ``decode_batch``).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from .datasets import ImageFileDataset
 from .decode import decode_image
@@ -24,6 +28,7 @@ from .transforms import CROP_RATIO, crop_scale
 logger = logging.getLogger(__name__)
 
 JPEG_START = b"\xff\xd8\xff"  # start-of-image marker and the first segment's
+EXIF_ORIENTATION = 0x0112  # the EXIF tag; 1 is upright, 2-8 a mirror and/or a rotation
 
 
 @dataclass(frozen=True)
@@ -103,14 +108,24 @@ class EncodedImages:
         return dict(zip(positions, torch.split(self.jpeg_bytes, self.jpeg_lengths), strict=True))
 
 
+def exif_orientation(jpeg: np.ndarray) -> int:
+    """The EXIF orientation of JPEG bytes (1, upright, when there is no tag or it cannot be read). Pillow reads
+    only the headers here, not the pixels."""
+    try:
+        with Image.open(io.BytesIO(jpeg.tobytes())) as image:
+            return int(image.getexif().get(EXIF_ORIENTATION, 1))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError):
+        return 1
+
+
 def read_encoded(path: str) -> torch.Tensor | None:
-    """The bytes of the JPEG at ``path`` (1-D ``uint8``); the pixels (``uint8`` ``(3, H, W)``) of any other image,
-    decoded here; None when the file cannot be read or decoded."""
+    """The bytes of the upright JPEG at ``path`` (1-D ``uint8``); the pixels (``uint8`` ``(3, H, W)``) of any other
+    image, decoded here, EXIF orientation applied; None when the file cannot be read or decoded."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError:
         return None
-    if data[:3].tobytes() == JPEG_START:
+    if data[:3].tobytes() == JPEG_START and exif_orientation(data) == 1:
         return torch.from_numpy(data)
     pixels = decode_image(data)
     return None if pixels is None else torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
