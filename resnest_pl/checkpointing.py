@@ -29,6 +29,9 @@ from .models import IncompatibleCheckpointError
 LAST_NAME = "last"
 PARTIAL_SUFFIX = ".partial"
 HPC_PATTERN = "hpc_ckpt_*.ckpt"  # Lightning's SLURM requeue checkpoints, in trainer.default_root_dir
+# Under DDP the ranks agree on a timed save through a broadcast of rank 0's clock, which waits for every rank (a
+# host sync on a GPU): it happens only at optimizer steps that are multiples of this, which every rank knows.
+CLOCK_EVERY_N_STEPS = 16
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -41,7 +44,8 @@ class LastCheckpoint(ModelCheckpoint):
         dirpath: folder of ``last.ckpt``; the CLI sets ``<default_root_dir>/checkpoints``.
         every_n_train_steps: also save every this many optimizer steps (None: only at epoch ends).
         every_n_minutes: also save when this many minutes have passed since the last save (None: off). For long
-            epochs, e.g. 30 on ImageNet.
+            epochs, e.g. 30 on ImageNet. One process reads its clock after every step; under DDP rank 0's clock
+            decides, read every ``CLOCK_EVERY_N_STEPS`` steps.
     """
 
     def __init__(
@@ -112,8 +116,11 @@ class LastCheckpoint(ModelCheckpoint):
         if self.interval_steps and trainer.global_step % self.interval_steps == 0:
             due = True
         if self.interval_seconds is not None:
-            elapsed = time.monotonic() - self._last_save_time >= self.interval_seconds
-            due = trainer.strategy.broadcast(elapsed or due)  # rank 0's clock decides, so every rank saves
+            if trainer.world_size == 1:
+                due = due or time.monotonic() - self._last_save_time >= self.interval_seconds
+            elif trainer.global_step % CLOCK_EVERY_N_STEPS == 0:
+                elapsed = time.monotonic() - self._last_save_time >= self.interval_seconds
+                due = trainer.strategy.broadcast(elapsed or due)  # rank 0's clock decides, so every rank saves
         if due:
             self._requeue_requested = False
             self.save_now(trainer)

@@ -291,6 +291,9 @@ def test_the_slurm_job_template_requeues_and_resumes() -> None:
     subprocess.run(["bash", "-n", str(script)], check=True)
     text = script.read_text()
     assert "#SBATCH --signal=SIGUSR1@90\n#SBATCH --requeue\n" in text
+    # SLURM does not create the --output folder (the job would fail before it starts): a path in the submit folder.
+    (output,) = [line.split("=", 1)[1] for line in text.splitlines() if line.startswith("#SBATCH --output=")]
+    assert "/" not in output
     srun = text[text.index("srun ") :]
     assert "--config configs/trainer/multinode.yaml" in srun and srun.rstrip().endswith("--ckpt_path last")
 

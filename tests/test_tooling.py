@@ -7,6 +7,7 @@ import re
 
 import yaml
 from packaging.requirements import Requirement
+from packaging.version import Version
 
 from .helpers import ROOT
 
@@ -68,3 +69,21 @@ def test_ci_runs_the_readme_test_command_with_the_makefile_torch() -> None:
     assert run["run"] == ".ci/run"
     pins = make_variable("TORCH_SPEC").split()
     assert run["env"]["TORCH_SPEC"].split()[: len(pins)] == pins
+
+
+# The oldest release that has each API the package uses: a lower bound below it installs and then fails at run time.
+NEEDED = {
+    "pytorch-lightning": "2.6",  # callbacks.EMAWeightAveraging; ModelCheckpoint(save_on_exception=...)
+    "jsonargparse": "4.39",  # what pytorch-lightning 2.6's LightningCLI requires
+    "torch": "2.11",
+}
+
+
+def test_declared_lower_bounds_admit_no_release_without_the_apis_used() -> None:
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    lines = [line for line in setup["options"]["install_requires"].split("\n") if line]
+    requirements = {r.name: r for r in map(Requirement, lines)}
+    for name, oldest in NEEDED.items():
+        lower = [spec.version for spec in requirements[name].specifier if spec.operator == ">="]
+        assert lower and Version(lower[0]) >= Version(oldest), (name, lower)
