@@ -3,6 +3,7 @@ outputs, into our ``create_model``, timm and the reference package, with a confi
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -16,8 +17,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from resnest_pl.data import DigitsDataModule
-from resnest_pl.export import export, main, reference_kwargs, reference_name, timm_name
+from resnest_pl.export import export, main
 from resnest_pl.models import create_model, get_variant
+from resnest_pl.models.twins import reference_kwargs, reference_name, timm_name
 from resnest_pl.models.weights import extract_state_dict
 from resnest_pl.module import ResNeStClassifier
 
@@ -82,7 +84,7 @@ def test_export_loads_strictly_with_equal_outputs_everywhere(run: Path, tmp_path
 
         # The model card's own loading code, run as written: ours, timm's, the reference package's.
         blocks = re.findall(r"```python\n(.*?)```", (out / "README.md").read_text(), re.DOTALL)
-        assert len(blocks) == 3 and "timm.create_model('resnest14d'" in blocks[1] and "ResNet(" in blocks[2]
+        assert len(blocks) == 3 and "timm.create_model(f'local-dir:{folder}'" in blocks[1] and "ResNet(" in blocks[2]
         for block in blocks:
             namespace: dict = {}
             exec(block.replace("path/to/this/folder", str(out)), namespace)
@@ -165,7 +167,7 @@ def test_config_and_model_card_describe_the_run(run: Path, tmp_path: Path) -> No
         "label smoothing: 0.1",
         "mixup / cutmix: off",
         "EMA: decay 0.5",
-        "timm.create_model('resnest14d', num_classes=10)",
+        "timm.create_model(f'local-dir:{folder}', pretrained=True)",
         "create_model('resnest14d', num_classes=10, pretrained=folder)",
         "ResNeSt: Split-Attention Networks",
         "arXiv:2004.08955",
@@ -212,3 +214,62 @@ def test_bad_inputs_end_in_one_line(tmp_path: Path, capsys) -> None:
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and err.startswith(message) and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_timm_opens_the_export_folder_with_the_published_evaluation(run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    export(run / "last.ckpt", out)
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).double().eval()
+    assert model.num_classes == 10 and model.pretrained_cfg["label_names"] == [str(d) for d in range(10)]
+    data = timm.data.resolve_data_config(model=model)
+    assert tuple(data["input_size"]) == (3, 32, 32) and (data["crop_pct"], data["interpolation"]) == (1.0, "bilinear")
+    assert data["mean"] == pytest.approx(DigitsDataModule().mean)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    expected = ResNeStClassifier.load_from_checkpoint(run / "last.ckpt").model.double().eval()
+    with torch.no_grad():
+        _close(model(x), expected(x))
+
+
+def test_a_model_without_a_timm_twin_says_so(tmp_path: Path) -> None:
+    module = ResNeStClassifier("resnest14d", num_classes=3, model_overrides={"width_multiplier": 0.25})
+    path = tmp_path / "tiny.ckpt"
+    hparams = {k: v for k, v in module.hparams.items() if k != "optimizer"}
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams}, path)
+    export(path, tmp_path / "out")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["architecture"] is None and "timm has no model of these settings" in config["timm_note"]
+    assert "timm and the reference package have no model" in (tmp_path / "out" / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_onnx_export_matches_pytorch_in_onnxruntime(run: Path, tmp_path: Path, capsys) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "onnx"
+    main([str(run / "last.ckpt"), "--out", str(out), "--format", "onnx"])
+    printed = capsys.readouterr().out
+    assert "onnxruntime parity: max |ONNX - PyTorch|" in printed and "opset 18" in printed
+    config = json.loads((out / "config.json").read_text())
+    assert config["file"] == "model.onnx" and config["onnx"]["max_abs_diff"] < 1e-3
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(5, 3, 32, 32)  # another batch size than the export's
+    (logits,) = session.run(None, {"images": x.numpy()})
+    expected = ResNeStClassifier.load_from_checkpoint(run / "last.ckpt").model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(logits), expected(x), rtol=1e-4, atol=1e-4)
+    block = re.findall(r"```python\n(.*?)```", (out / "README.md").read_text(), re.DOTALL)[0]
+    namespace: dict = {}
+    exec(block.replace("path/to/this/folder", str(out)), namespace)  # the card's onnxruntime snippet runs
+    assert namespace["logits"].shape == (1, 10)
+
+
+def test_onnx_without_onnxruntime_is_one_error_line(
+    run: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(SystemExit) as exit_:
+        main([str(run / "last.ckpt"), "--out", str(tmp_path / "onnx"), "--format", "onnx"])
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: --format onnx needs onnxruntime") and "pip install onnxruntime" in line
+    assert not (tmp_path / "onnx").exists()  # refused before anything is written

@@ -9,6 +9,7 @@ import re
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -200,3 +201,9 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor])
 def load_pretrained(model: nn.Module, source: str | PathLike) -> bool:
     """Load weights from ``source`` into ``model``; see :func:`load_state_dict_checked`."""
     return load_state_dict_checked(model, extract_state_dict(read_checkpoint(source)))
+
+
+def has_ema(checkpoint: Mapping[str, Any]) -> bool:
+    """Whether the run kept an EMA: Lightning's ``EMAWeightAveraging`` saves the averaged weights as
+    ``state_dict`` and moves the live ones to ``current_model_state``."""
+    return "current_model_state" in checkpoint
