@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .checkpoint_keys import RUN_KEY
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .model_card import model_card
 from .models import (
@@ -32,7 +33,6 @@ from .models import (
 )
 from .models.twins import reference_name, timm_name
 from .models.weights import EXPORT_CONFIG, extract_state_dict, has_ema, state_mismatch
-from .module import RUN_KEY
 from .onnx_export import OPSET, check_onnx_available, write_onnx
 
 FORMATS = {"safetensors": "model.safetensors", "pth": "model.pth", "onnx": "model.onnx"}
@@ -115,6 +115,7 @@ def build_config(checkpoint: Mapping[str, Any], weights: str, sources: Sequence[
         "weights": weights,
         "sources": list(sources),
         "file": FORMATS[fmt],
+        "provenance": record.get("provenance"),  # the code, software, machine and data of the run
         # timm's keys (``timm.create_model("local-dir:<folder>", pretrained=True)``, ``hf-hub:`` once pushed).
         "architecture": twin,
         "label_names": record.get("class_names"),

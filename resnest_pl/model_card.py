@@ -6,10 +6,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from .checkpoint_keys import RUN_KEY
 from .models import ResNeStConfig, describe_model, get_variant
 from .models.twins import reference_kwargs
 from .models.weights import has_ema
-from .module import RUN_KEY
 
 WEIGHT_LABELS = {"ema": "EMA", "live": "live"}
 CITATION = """@article{zhang2020resnest,
@@ -109,6 +109,10 @@ def model_card(checkpoint: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         "",
         *_recipe_lines(checkpoint),
         "",
+        "## Provenance",
+        "",
+        *_provenance_lines(config.get("provenance")),
+        "",
         "## Metrics",
         "",
         f"- best: {monitor} = {best:.4f} ({best_path})" if best is not None else "- best: (no monitored checkpoint)",
@@ -180,3 +184,24 @@ def _loading_lines(config: Mapping[str, Any], cfg: ResNeStConfig) -> list[str]:
     if not config["timm_name"] and kwargs is None:
         lines += ["", "timm and the reference package have no model of these settings; load it as above."]
     return lines
+
+
+def _provenance_lines(provenance: Mapping[str, Any] | None) -> list[str]:
+    """The run's code, software, devices and data fingerprint (``resnest_pl.provenance``)."""
+    if not provenance:
+        return ["- (not recorded: the checkpoint predates provenance records)"]
+    code, env, data = provenance.get("code") or {}, provenance.get("environment") or {}, provenance.get("data") or {}
+    dirty = {True: " with uncommitted changes (the run folder holds code.diff)", False: "", None: ""}[code.get("dirty")]
+    versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
+    splits = ", ".join(
+        f"{split}: {entry['samples']} samples, sha256 {entry['sha256'][:12]}"
+        for split, entry in (data.get("splits") or {}).items()
+    )
+    return [
+        f"- code: commit {_known(code.get('commit'))}{dirty}",
+        f"- software: Python {_known(env.get('python'))}, {versions}; CUDA {_known(env.get('cuda'))}, "
+        f"cuDNN {_known(env.get('cudnn'))}",
+        f"- devices: {', '.join(map(str, env.get('devices') or [])) or '(not recorded)'}; world size "
+        f"{_known(env.get('world_size'))}",
+        f"- data fingerprint: {splits or '(not recorded)'}",
+    ]

@@ -23,6 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from .checkpoint_keys import RUN_KEY
 from .class_metrics import class_metric_collection, class_metrics_enabled, report_class_metrics
 from .data.device_decode import decode_batch
 from .data.encoded import EncodedImages
@@ -33,11 +34,10 @@ from .mixing import BatchMixer
 from .models import IncompatibleCheckpointError, create_model, describe_model, same_architecture
 from .models.weights import state_mismatch
 from .prediction import class_names_for
+from .provenance import RecordProvenance
 from .schedules import REFERENCE_BATCH, linear_scaled_lr, warmup_cosine_scheduler
 from .tta import hflip_logits
 
-# The checkpoint key of what a run was trained on (see ``run_record``), read by ``predict`` and the exporter.
-RUN_KEY = "resnest_pl"
 # Data module attributes recorded in checkpoints, when the data module has them.
 DATA_FIELDS = (
     "root",
@@ -395,6 +395,7 @@ class ResNeStClassifier(pl.LightningModule):
         self._rng_to_restore: dict[str, torch.Tensor] | None = None
         # Names of the classifier's outputs: from the data module at setup, from the checkpoint once one loads.
         self.class_names: list[str] | None = None
+        self.loaded_provenance: dict[str, Any] | None = None  # the loaded checkpoint's (resnest_pl.provenance)
         self._compiled = False
         self._input_shape: tuple[int, ...] | None = None
         self._flops: dict[tuple[tuple[int, ...], bool], int] = {}
@@ -410,7 +411,7 @@ class ResNeStClassifier(pl.LightningModule):
     # ---- setup -------------------------------------------------------------------------------------------
 
     def configure_callbacks(self) -> list[Callback]:
-        callbacks: list[Callback] = []
+        callbacks: list[Callback] = [RecordProvenance()]
         if self.hparams.freeze_backbone_epochs:
             callbacks.append(FreezeBackbone(self.hparams.freeze_backbone_epochs))
         if self.hparams.ema_decay is not None:
@@ -604,6 +605,7 @@ class ResNeStClassifier(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Before Lightning's strict load, whose RuntimeError lists hundreds of keys.
         self._check_architecture(checkpoint)
+        self.loaded_provenance = (checkpoint.get(RUN_KEY) or {}).get("provenance")
         resume = (checkpoint.get(RUN_KEY) or {}).get("resume") or {}
         if "mix_seed" in resume:
             self._mix_seed = int(resume["mix_seed"])
@@ -643,7 +645,8 @@ class ResNeStClassifier(pl.LightningModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[RUN_KEY] = run_record(self.trainer, self.class_names)
+        # Merged over what callbacks added first (RecordProvenance's provenance).
+        checkpoint[RUN_KEY] = {**(checkpoint.get(RUN_KEY) or {}), **run_record(self.trainer, self.class_names)}
         # What a resumed run needs to draw the same mixing and the same dropout / DropBlock masks.
         checkpoint[RUN_KEY]["resume"] = {"mix_seed": self._mix_seed, "random_state": random_state(self.device)}
         hparams = dict(checkpoint.get("hyper_parameters") or {})

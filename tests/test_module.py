@@ -401,8 +401,8 @@ def test_fused_ema_update_never_reads_its_count_back() -> None:
 
 
 def test_ema_every_n_steps_updates_every_nth_step_with_the_decay_to_the_n() -> None:
-    callback = tiny_module(ema_decay=0.9, ema_every_n_steps=3).configure_callbacks()[0]
-    assert isinstance(callback, FusedEMAWeightAveraging)
+    callbacks = tiny_module(ema_decay=0.9, ema_every_n_steps=3).configure_callbacks()
+    (callback,) = [c for c in callbacks if isinstance(c, FusedEMAWeightAveraging)]
     assert callback.decay == pytest.approx(0.9**3)
     assert [callback.should_update(step_idx=step) for step in range(7)] == [1, 0, 0, 1, 0, 0, 1]
     with pytest.raises(ValueError, match="ema_every_n_steps"):

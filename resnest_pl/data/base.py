@@ -165,6 +165,10 @@ class ImageDataModule(pl.LightningDataModule, ABC):
                 self._datasets[split] = self.build_dataset(split)
         return self._datasets[split]
 
+    def built_datasets(self) -> dict[str, Dataset]:
+        """The datasets built so far, by split (what this run reads; see ``resnest_pl.provenance``)."""
+        return dict(self._datasets)
+
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         world_size, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
