@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import warnings
 from importlib.metadata import version
 from pathlib import Path
@@ -98,3 +99,11 @@ def test_run_folder_checkpoint_and_export_carry_the_provenance(tmp_path: Path, c
         assert len(messages) == int(flagged), messages
         if flagged:
             assert "val files" in messages[0] and "\n" not in messages[0]
+
+
+def test_the_cost_benchmark_fingerprints_its_whole_listing() -> None:
+    script = SOURCE_ROOT / "benchmarks" / "provenance_cost.py"
+    args = [sys.executable, str(script), "--files", "60", "--classes", "3", "--repeats", "1"]
+    done = subprocess.run(args, capture_output=True, text=True, check=False, cwd=SOURCE_ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].startswith("| 60 | ")  # its own check: every file was listed
