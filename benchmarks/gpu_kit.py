@@ -115,13 +115,18 @@ def size_mib(folder: Path) -> float:
     return sum(path.stat().st_size for path in folder.iterdir()) / 2**20
 
 
-def build(out: Path, python_version: str) -> None:
-    """Download the kit into ``out`` (replacing an earlier kit there) and write its pins to ``out/PINS``."""
+def clear_kit(out: Path) -> None:
+    """Remove an earlier kit from ``out`` (its wheels would mix with the new ones); refuse a folder holding more."""
     if out.exists():
         strangers = [path.name for path in out.iterdir() if path.suffix != ".whl" and path.name != PINS]
         if strangers:
             raise SystemExit(f"{out} holds more than a kit ({', '.join(strangers[:3])}); choose another --out")
         shutil.rmtree(out)
+
+
+def build(out: Path, python_version: str) -> None:
+    """Download the kit into ``out`` (replacing an earlier kit there) and write its pins to ``out/PINS``."""
+    clear_kit(out)
     out.mkdir(parents=True)
     pins = [f"{name}=={metadata.version(name)}" for name in closure(ROOTS, installed_requires, python_version)]
     subprocess.run(download_command(pins, python_version, out), check=True)

@@ -77,10 +77,16 @@ def test_pip_commands_take_exactly_the_pins_offline(tmp_path: Path) -> None:
     assert install[install.index("--requirement") + 1] == str(tmp_path / gpu_kit.PINS)
 
 
-def test_the_build_refuses_a_folder_that_is_not_a_kit(tmp_path: Path) -> None:
+def test_a_new_kit_replaces_an_old_one_but_no_other_folder(tmp_path: Path) -> None:
+    kit = tmp_path / "kit"
+    kit.mkdir()
+    (kit / "old-1.0-py3-none-any.whl").write_bytes(b"")
+    (kit / gpu_kit.PINS).write_text("old==1.0\n")
+    gpu_kit.clear_kit(kit)
+    assert not kit.exists()
     (tmp_path / "notes.txt").write_text("mine\n")
     with pytest.raises(SystemExit, match="holds more than a kit"):
-        gpu_kit.build(tmp_path, "3.12")
+        gpu_kit.clear_kit(tmp_path)
     assert (tmp_path / "notes.txt").exists()
 
 
