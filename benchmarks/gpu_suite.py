@@ -118,9 +118,9 @@ class Suite:
         return ESTIMATE_S[kind] / (SMOKE_SPEEDUP if self.settings.smoke else 1.0)
 
     def limit_s(self, kind: str) -> float:
-        """How long a CLI item may run: LIMIT_FACTOR times its full estimate, in --smoke too (a process's start-up,
-        imports and loader workers, does not shrink with the model)."""
-        return LIMIT_FACTOR * ESTIMATE_S[kind]
+        """How long a CLI item may run: LIMIT_FACTOR times its estimate; in --smoke the whole budget (a tiny fit's
+        time is its process's start-up, imports and loader workers, which depends on the machine's load)."""
+        return self.settings.budget_s if self.settings.smoke else LIMIT_FACTOR * ESTIMATE_S[kind]
 
     def fits(self, kind: str) -> bool:
         """Whether the rest of the budget holds an item of this kind (kind "now" only needs some left)."""
