@@ -7,7 +7,7 @@
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_oneshot.sh OUT [suite arguments...]}
 shift
-python=${PYTHON:-python}
+python=${PYTHON:-python3}
 kit=${GPU_KIT:-.gpu-kit}
 site=${GPU_KIT_SITE:-${TMPDIR:-/tmp}/resnest-gpu-kit-site}
 mkdir -p "$out"
