@@ -244,22 +244,26 @@ def finish_quickstart(
     return {"note": f"val/acc1 {accuracies[-1]:.4f} ({verdict})"}
 
 
+def why_not(suite: Suite, fit: QuickStart, missing: str | None) -> str | None:
+    """Why a quick-start fit cannot run here (packages missing, CUDA needed, budget short), or None."""
+    if missing:
+        return missing
+    if fit.cuda_only and suite.settings.device.type != "cuda":
+        return needs_cuda(fit.cuda_only, suite)
+    return None if suite.fits(fit.kind) else suite.budget_reason(fit.kind)
+
+
 def run_check(suite: Suite, work: Path) -> None:
-    """The quick-start fits, all at once (they are small: they share the GPU and save the budget start-ups)."""
-    reason = missing_for_cli()
-    fits = []
-    for fit in QUICKSTARTS:
-        if reason:
-            suite.skip("check", fit.item, reason)
-        elif fit.cuda_only and suite.settings.device.type != "cuda":
-            suite.skip("check", fit.item, needs_cuda(fit.cuda_only, suite))
-        elif not suite.fits(fit.kind):
-            suite.skip("check", fit.item, suite.budget_reason(fit.kind))
-        else:
-            fits.append(fit)
+    """The quick-start fits, all at once (they are small: they share the GPU and save the budget start-ups);
+    their rows in QUICKSTARTS' order."""
+    missing = missing_for_cli()
+    reasons = {fit.name: why_not(suite, fit, missing) for fit in QUICKSTARTS}
     began = time.perf_counter()
-    started = {fit.name: start_quickstart(suite, work, fit) for fit in fits}
-    for fit in fits:
+    started = {fit.name: start_quickstart(suite, work, fit) for fit in QUICKSTARTS if reasons[fit.name] is None}
+    for fit in QUICKSTARTS:
+        if fit.name not in started:
+            suite.skip("check", fit.item, reasons[fit.name])
+            continue
         deadline = began + suite.limit_s(fit.kind)
         # Already running: each needs only some budget left to be waited for.
         suite.run(
