@@ -13,8 +13,10 @@ from .config import ResNeStConfig
 from .resnest import ResNeSt
 from .weights import (
     IncompatibleCheckpointError,
+    classifier_change,
     exported_config,
     extract_state_dict,
+    load_line,
     load_state_dict_checked,
     read_checkpoint,
 )
@@ -176,7 +178,8 @@ def create_model(
         pretrained: ``True`` for the official weights (downloaded once into the torch.hub cache and
             checked against their sha256 prefix), or a local file / URL of a state dict or checkpoint, a
             ``.safetensors`` file, or a folder written by ``python -m resnest_pl.export`` (whose
-            ``config.json`` must name the same architecture).
+            ``config.json`` must name the same architecture). The model's ``loaded_from`` then says, in one line,
+            the file, the run it came from and what was replaced.
         **overrides: any :class:`ResNeStConfig` field, e.g. ``radix=4``, ``output_stride=8``.
     """
     variant = get_variant(name)
@@ -194,7 +197,10 @@ def create_model(
                 "create the model with the checkpoint's settings (model_name and model_overrides), or pass weights "
                 "of this architecture"
             )
-        load_state_dict_checked(model, extract_state_dict(checkpoint))
+        state = extract_state_dict(checkpoint)
+        replaced = classifier_change(state, model)
+        load_state_dict_checked(model, state)
+        model.loaded_from = load_line(source, checkpoint, replaced)
     return model
 
 
