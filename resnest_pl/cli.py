@@ -24,6 +24,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from .callbacks import KeepHostMemory
 from .checkpointing import HPC_PATTERN, LAST_NAME, LastCheckpoint, check_checkpoint_file
+from .cli_errors import OneLineErrorParser, explain_gpu_missing
 from .data import DataLayoutError, DatasetNotFoundError, ImageDataModule
 from .eval_settings import fill_published_eval_settings
 from .loggers import finish_loggers, start_loggers
@@ -227,6 +228,7 @@ def main(args: list[str] | None = None) -> None:
             subclass_mode_data=True,
             save_config_callback=LoggedConfigCallback,
             save_config_kwargs={"overwrite": True},
+            parser_class=OneLineErrorParser,
             trainer_defaults={"callbacks": default_callbacks()},
             args=args,
         )
@@ -242,7 +244,8 @@ def main(args: list[str] | None = None) -> None:
     except USER_ERRORS as err:
         if os.environ.get(DEBUG_ENV):
             raise
-        print(f"error: {user_error_message(err)}", file=sys.stderr)
+        message = user_error_message(err)
+        print(f"error: {explain_gpu_missing(message) or message}", file=sys.stderr)
         raise SystemExit(2) from err
 
 

@@ -417,9 +417,57 @@ def test_wandb_that_cannot_start_falls_back_to_csv(tmp_path: Path, no_wandb_key,
 # ---- bad input -----------------------------------------------------------------------------------------------
 
 
-def test_typo_in_a_config_key_is_named(tmp_path: Path, capsys) -> None:
-    code, err = run_cli(quickstart(tmp_path, "--model.radiks", "2"), capsys)
-    assert code != 0 and "radiks" in err
+@pytest.mark.parametrize(
+    ("typo", "line"),
+    [
+        (["--model.lable_smoothing", "0.2"], "'model.lable_smoothing' (on the command line or in a config file); "
+         "did you mean --model.label_smoothing?"),
+        (["--model.radix", "4"], "'model.radix' (on the command line or in a config file); "
+         "did you mean --model.model_overrides.radix?"),
+        (["--data.init_args.image_sise", "4"], "'data.init_args.image_sise' (on the command line or in a config "
+         "file); did you mean --data.init_args.image_size?"),
+    ],
+)  # fmt: skip
+def test_typo_in_a_key_is_one_line_with_the_nearest_key(typo: list[str], line: str, tmp_path: Path, capsys) -> None:
+    code, err = run_cli(quickstart(tmp_path, *typo), capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [f"error: unknown key {line}"]  # no usage dump
+
+
+def test_typo_in_a_yaml_file_is_one_line_with_the_nearest_key(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "typo.yaml"
+    config.write_text(yaml.safe_dump({"model": {"lable_smoothing": 0.2}}))
+    code, err = run_cli(quickstart(tmp_path, "--config", str(config)), capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "error: unknown key 'model.lable_smoothing' (on the command line or in a config file); "
+        "did you mean --model.label_smoothing?"
+    ]
+
+
+def test_wrong_config_path_names_the_nearest_file(tmp_path: Path, capsys) -> None:
+    code, err = run_cli(["fit", "--config", str(CONFIGS / "quickstrat.yaml")], capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"error: config file {CONFIGS / 'quickstrat.yaml'} does not exist; did you mean {CONFIGS / 'quickstart.yaml'}?"
+    ]
+
+
+def test_help_still_prints_the_usage(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--help"])
+    assert exit_.value.code == 0
+    assert "--model.label_smoothing" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the preset runs on a machine with a GPU")
+def test_gpu_preset_without_a_gpu_names_the_cpu_preset(tmp_path: Path, capsys) -> None:
+    code, err = run_cli(quickstart(tmp_path, "--config", str(CONFIGS / "trainer/gpu.yaml")), capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        "error: trainer.accelerator is gpu (a GPU preset such as configs/trainer/gpu.yaml) but this machine has no "
+        "supported GPU; use --config configs/trainer/cpu.yaml instead"
+    )
 
 
 def test_unknown_model_name_suggests_close_ones(tmp_path: Path, capsys) -> None:
