@@ -24,12 +24,14 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from .callbacks import KeepHostMemory
 from .checkpointing import HPC_PATTERN, LAST_NAME, LastCheckpoint, check_checkpoint_file
+from .cli_errors import OneLineErrorParser, explain_gpu_missing
 from .data import DataLayoutError, DatasetNotFoundError, ImageDataModule
 from .eval_settings import fill_published_eval_settings
 from .loggers import finish_loggers, start_loggers
 from .models import IncompatibleCheckpointError, WeightsDownloadError
 from .module import ResNeStClassifier
 from .prediction import PredictionCSVWriter
+from .runs import RunFolderError, check_run_folder, plain, set_run_dir
 
 # Errors that describe a user's mistake (config, data, checkpoint): shown as one line, not a traceback.
 USER_ERRORS = (
@@ -40,6 +42,7 @@ USER_ERRORS = (
     IncompatibleCheckpointError,
     WeightsDownloadError,
     MisconfigurationException,  # Lightning's, for impossible Trainer settings (e.g. gradient_clip_algorithm)
+    RunFolderError,
 )
 DEBUG_ENV = "RESNEST_PL_DEBUG"
 
@@ -49,7 +52,7 @@ class LoggedConfigCallback(SaveConfigCallback):
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
         for logger in trainer.loggers:
-            logger.log_hyperparams(self.config.as_dict())
+            logger.log_hyperparams(plain(self.config.as_dict()))
 
 
 class ResNeStCLI(LightningCLI):
@@ -61,11 +64,26 @@ class ResNeStCLI(LightningCLI):
             default=None,
             help="predict: CSV to write (default: <trainer.default_root_dir>/predictions.csv)",
         )
+        parser.add_argument(
+            "--run_dir",
+            type=str | None,
+            default=None,
+            help="the run's folder, for its checkpoints and its logs (sets trainer.default_root_dir and the "
+            "logger's save_dir)",
+        )
+        parser.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="fit: replace the checkpoints of another run (another model, classes or data) in the run's folder",
+        )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
+        if config.get("run_dir"):
+            set_run_dir(config, config.run_dir)
         # ModelCheckpoint writes to <default_root_dir>/checkpoints rather than a per-version folder,
         # so that `fit --ckpt_path last` finds the previous run's last.ckpt.
         root = Path(config.trainer.default_root_dir or os.getcwd())
@@ -124,9 +142,15 @@ class ResNeStCLI(LightningCLI):
     # Lightning touches every logger's experiment before any callback runs: start them first, so that
     # one that cannot start is swapped for CSV logs instead of ending the run.
     def before_fit(self) -> None:
+        config = self.config[self.subcommand]
+        if config.get("ckpt_path") is None and not config.get("overwrite"):
+            check_run_folder(self.checkpoint_dir / f"{LAST_NAME}.ckpt", self.model.hparams, self.datamodule)
         start_loggers(self.trainer)
 
-    before_validate = before_test = before_predict = before_fit
+    def before_validate(self) -> None:
+        start_loggers(self.trainer)
+
+    before_test = before_predict = before_validate
 
     def after_fit(self) -> None:
         log_dir = self.trainer.log_dir or self.trainer.default_root_dir
@@ -204,6 +228,7 @@ def main(args: list[str] | None = None) -> None:
             subclass_mode_data=True,
             save_config_callback=LoggedConfigCallback,
             save_config_kwargs={"overwrite": True},
+            parser_class=OneLineErrorParser,
             trainer_defaults={"callbacks": default_callbacks()},
             args=args,
         )
@@ -219,7 +244,8 @@ def main(args: list[str] | None = None) -> None:
     except USER_ERRORS as err:
         if os.environ.get(DEBUG_ENV):
             raise
-        print(f"error: {user_error_message(err)}", file=sys.stderr)
+        message = user_error_message(err)
+        print(f"error: {explain_gpu_missing(message) or message}", file=sys.stderr)
         raise SystemExit(2) from err
 
 

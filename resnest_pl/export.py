@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-from .checkpoint_keys import RUN_KEY
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .model_card import model_card
 from .models import (
@@ -32,7 +31,7 @@ from .models import (
     same_architecture,
 )
 from .models.twins import reference_name, timm_name
-from .models.weights import EXPORT_CONFIG, extract_state_dict, has_ema, state_mismatch
+from .models.weights import EXPORT_CONFIG, RUN_RECORD_KEY, extract_state_dict, has_ema, state_mismatch
 from .onnx_export import OPSET, check_onnx_available, write_onnx
 
 FORMATS = {"safetensors": "model.safetensors", "pth": "model.pth", "onnx": "model.onnx"}
@@ -84,7 +83,10 @@ def eval_settings(checkpoint: Mapping[str, Any], name: str) -> dict[str, Any]:
     """Evaluation preprocessing: the data module's settings recorded in the checkpoint when present (its
     ``datamodule_hyper_parameters``, then the attributes ``ResNeStClassifier`` records), else the variant's."""
     variant = get_variant(name)
-    data = {**(checkpoint.get("datamodule_hyper_parameters") or {}), **(checkpoint.get(RUN_KEY) or {}).get("data", {})}
+    data = {
+        **(checkpoint.get("datamodule_hyper_parameters") or {}),
+        **(checkpoint.get(RUN_RECORD_KEY) or {}).get("data", {}),
+    }
     # A data module argument left at None means "the model's published setting" (resnest_pl.eval_settings).
     crop_pct = data.get("crop_pct")
     return {
@@ -100,7 +102,7 @@ def build_config(checkpoint: Mapping[str, Any], weights: str, sources: Sequence[
     """The contents of ``config.json``."""
     hparams = checkpoint["hyper_parameters"]
     name, overrides = hparams["model_name"], dict(hparams.get("model_overrides") or {})
-    record = checkpoint.get(RUN_KEY) or {}
+    record = checkpoint.get(RUN_RECORD_KEY) or {}
     evaluation = eval_settings(checkpoint, name)
     twin = timm_name(name, overrides)
     num_classes = int(hparams["num_classes"])

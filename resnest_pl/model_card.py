@@ -6,10 +6,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .checkpoint_keys import RUN_KEY
 from .models import ResNeStConfig, describe_model, get_variant
 from .models.twins import reference_kwargs
-from .models.weights import has_ema
+from .models.weights import RUN_RECORD_KEY, has_ema
 
 WEIGHT_LABELS = {"ema": "EMA", "live": "live"}
 CITATION = """@article{zhang2020resnest,
@@ -37,7 +36,7 @@ def _known(value: Any) -> str:
 
 def _recipe_lines(checkpoint: Mapping[str, Any]) -> list[str]:
     hparams = checkpoint["hyper_parameters"]
-    record = checkpoint.get(RUN_KEY) or {}
+    record = checkpoint.get(RUN_RECORD_KEY) or {}
     trainer = record.get("trainer") or {}
     optimizer = hparams.get("optimizer") or {}
     init_args = optimizer.get("init_args", {}) if isinstance(optimizer, Mapping) else {}
@@ -81,7 +80,7 @@ def _snippet(imports: list[str], build: str, load: str) -> list[str]:
 
 def model_card(checkpoint: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     """The ``README.md`` of an export."""
-    record = checkpoint.get(RUN_KEY) or {}
+    record = checkpoint.get(RUN_RECORD_KEY) or {}
     data = record.get("data") or {}
     name, overrides = config["model_name"], config["model_overrides"]
     cfg = get_variant(name).config.replace(**overrides)

@@ -23,7 +23,6 @@ from torch.optim.swa_utils import AveragedModel
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from .checkpoint_keys import RUN_KEY
 from .class_metrics import class_metric_collection, class_metrics_enabled, report_class_metrics
 from .data.device_decode import decode_batch
 from .data.encoded import EncodedImages
@@ -32,12 +31,14 @@ from .erasing import EraseMode, RandomErasing
 from .finetune import FreezeBackbone, apply_lr_scales, check_finetune_options, split_by_depth
 from .mixing import BatchMixer
 from .models import IncompatibleCheckpointError, create_model, describe_model, same_architecture
-from .models.weights import state_mismatch
+from .models.weights import RUN_RECORD_KEY, load_line, state_mismatch
 from .prediction import class_names_for
 from .provenance import RecordProvenance
+from .runs import classes_mismatch
 from .schedules import REFERENCE_BATCH, linear_scaled_lr, warmup_cosine_scheduler
 from .tta import hflip_logits
 
+RUN_KEY = RUN_RECORD_KEY  # the checkpoint key of what a run was trained on (``run_record``), read by the exporter
 # Data module attributes recorded in checkpoints, when the data module has them.
 DATA_FIELDS = (
     "root",
@@ -377,6 +378,8 @@ class ResNeStClassifier(pl.LightningModule):
             optimizer = optimizer_from_spec(optimizer)
         self.optimizer_factory = optimizer
         self.model = create_model(model_name, num_classes=num_classes, pretrained=pretrained, **(model_overrides or {}))
+        if self.model.loaded_from:
+            rank_zero_info(self.model.loaded_from)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.mixer = BatchMixer(num_classes, mixup_alpha, cutmix_alpha, mix_prob, switch_prob, label_smoothing)
@@ -612,13 +615,11 @@ class ResNeStClassifier(pl.LightningModule):
         # Applied at the first training batch, after whatever the resumed run does first (sanity check).
         self._rng_to_restore = resume.get("random_state")
         weight = checkpoint.get("state_dict", {}).get("model.fc.weight")
+        stage, path = (self._trainer.state.fn, self._trainer.ckpt_path) if self._trainer else (None, None)
         if weight is not None and weight.shape[0] != self.hparams.num_classes:
-            raise IncompatibleCheckpointError(
-                f"the checkpoint's classifier has {weight.shape[0]} classes but this model has "
-                f"{self.hparams.num_classes}; to fine-tune on {self.hparams.num_classes} classes, start a new run "
-                "with model.pretrained=<checkpoint> (keeps the trunk, new classifier) instead of resuming it "
-                "with --ckpt_path"
-            )
+            raise IncompatibleCheckpointError(classes_mismatch(weight.shape[0], self.hparams.num_classes, stage, path))
+        if path is not None:
+            rank_zero_info(load_line(path, checkpoint, "resuming its training state" if stage == "fit" else None))
         names = (checkpoint.get(RUN_KEY) or {}).get("class_names")
         if names and len(names) == self.hparams.num_classes:
             self.class_names = list(names)

@@ -27,8 +27,8 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch.utils.data import Dataset, Subset
 
-from .checkpoint_keys import RUN_KEY
 from .data.datasets import ArrayDataset, ImageFileDataset
+from .models.weights import RUN_RECORD_KEY
 
 FILE_NAME = "provenance.json"
 DIFF_NAME = "code.diff"
@@ -95,7 +95,7 @@ def listing_hash(lines: Iterable[str]) -> str:
 def _file_lines(files: list[str], targets: list[int]) -> list[str]:
     """``relative path, size, class`` per file, relative to the files' common folder (a string cut: ``relpath``
     per file would cost more than the ``stat``)."""
-    common = os.path.commonprefix(files) if files else ""
+    common = os.path.commonprefix(files) if files else ""  # noqa: RUF071 (one pass; cut back to a folder next)
     cut = common.rfind(os.sep) + 1  # back to the last separator: the common folder
     return [f"{f[cut:]}\t{os.stat(f).st_size}\t{t}" for f, t in zip(files, targets, strict=True)]
 
@@ -177,7 +177,7 @@ class RecordProvenance(Callback):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         if self.record is not None:
-            checkpoint.setdefault(RUN_KEY, {})["provenance"] = self.record
+            checkpoint.setdefault(RUN_RECORD_KEY, {})["provenance"] = self.record
 
     def _compare(self, pl_module: pl.LightningModule) -> None:
         recorded = (getattr(pl_module, "loaded_provenance", None) or {}).get("data")

@@ -78,3 +78,22 @@ def write_broken_images(folder: Path, count: int) -> list[Path]:
         path.write_bytes(data[:200] if i % 2 == 0 else b"not an image " * 20)
         paths.append(path)
     return paths
+
+
+SQUARE_COLOURS = {"blue": (30, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40)}
+
+
+def write_colour_squares(root: Path, per_class: int = 40, size: int = 32, seed: int = 0) -> Path:
+    """A class folder of ``size``-pixel images, one class per colour (``SQUARE_COLOURS``): a square of that colour,
+    half the image wide, at a random place on grey noise; PNG and JPEG files alternate. An easy signal at ``size``."""
+    rng = np.random.default_rng(seed)
+    side = size // 2
+    for name, colour in SQUARE_COLOURS.items():
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(90, 166, (size, size, 3), dtype=np.uint8)
+            top, left = rng.integers(0, size - side + 1, 2)
+            pixels[top : top + side, left : left + side] = colour
+            Image.fromarray(pixels).save(folder / f"{name}_{i}.{'png' if i % 2 else 'jpg'}")
+    return root

@@ -142,7 +142,10 @@ def test_duplicate_cells_are_rejected() -> None:
         ({"gird": {"radix": [1]}}, "unknown key 'gird' \\(did you mean 'grid'\\?\\)"),
         ({"seeds": []}, "`seeds` must list distinct seeds"),
         ({"fixed": {"seed_everything": 3}}, "`fixed` sets seed_everything, which the runner sets"),
-        ({"fixed": {"trainer.max_epochz": 3}}, "does not parse: unrecognized arguments: --trainer.max_epochz"),
+        (
+            {"fixed": {"trainer.max_epochz": 3}},
+            "does not parse: unknown key 'trainer.max_epochz' .*did you mean --trainer.max_epochs\\?",
+        ),
         ({"timing": {"batch_size": "big"}}, 'Parser key "timing.batch_size"'),
     ],
 )

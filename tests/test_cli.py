@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from PIL import Image
+from pytorch_lightning.core.saving import load_hparams_from_yaml
 
 from resnest_pl.cli import main
 from resnest_pl.data import DigitsDataModule, normalize
@@ -415,9 +417,57 @@ def test_wandb_that_cannot_start_falls_back_to_csv(tmp_path: Path, no_wandb_key,
 # ---- bad input -----------------------------------------------------------------------------------------------
 
 
-def test_typo_in_a_config_key_is_named(tmp_path: Path, capsys) -> None:
-    code, err = run_cli(quickstart(tmp_path, "--model.radiks", "2"), capsys)
-    assert code != 0 and "radiks" in err
+@pytest.mark.parametrize(
+    ("typo", "line"),
+    [
+        (["--model.lable_smoothing", "0.2"], "'model.lable_smoothing' (on the command line or in a config file); "
+         "did you mean --model.label_smoothing?"),
+        (["--model.radix", "4"], "'model.radix' (on the command line or in a config file); "
+         "did you mean --model.model_overrides.radix?"),
+        (["--data.init_args.image_sise", "4"], "'data.init_args.image_sise' (on the command line or in a config "
+         "file); did you mean --data.init_args.image_size?"),
+    ],
+)  # fmt: skip
+def test_typo_in_a_key_is_one_line_with_the_nearest_key(typo: list[str], line: str, tmp_path: Path, capsys) -> None:
+    code, err = run_cli(quickstart(tmp_path, *typo), capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [f"error: unknown key {line}"]  # no usage dump
+
+
+def test_typo_in_a_yaml_file_is_one_line_with_the_nearest_key(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "typo.yaml"
+    config.write_text(yaml.safe_dump({"model": {"lable_smoothing": 0.2}}))
+    code, err = run_cli(quickstart(tmp_path, "--config", str(config)), capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "error: unknown key 'model.lable_smoothing' (on the command line or in a config file); "
+        "did you mean --model.label_smoothing?"
+    ]
+
+
+def test_wrong_config_path_names_the_nearest_file(tmp_path: Path, capsys) -> None:
+    code, err = run_cli(["fit", "--config", str(CONFIGS / "quickstrat.yaml")], capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"error: config file {CONFIGS / 'quickstrat.yaml'} does not exist; did you mean {CONFIGS / 'quickstart.yaml'}?"
+    ]
+
+
+def test_help_still_prints_the_usage(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--help"])
+    assert exit_.value.code == 0
+    assert "--model.label_smoothing" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the preset runs on a machine with a GPU")
+def test_gpu_preset_without_a_gpu_names_the_cpu_preset(tmp_path: Path, capsys) -> None:
+    code, err = run_cli(quickstart(tmp_path, "--config", str(CONFIGS / "trainer/gpu.yaml")), capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        "error: trainer.accelerator is gpu (a GPU preset such as configs/trainer/gpu.yaml) but this machine has no "
+        "supported GPU; use --config configs/trainer/cpu.yaml instead"
+    )
 
 
 def test_unknown_model_name_suggests_close_ones(tmp_path: Path, capsys) -> None:
@@ -461,19 +511,46 @@ def test_cifar_without_internet_is_explained(tmp_path: Path, monkeypatch, capsys
     assert "Without internet, copy the extracted cifar-10-batches-py folder into" in last
 
 
-def test_checkpoint_with_other_classes_is_explained(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("subcommand", ["validate", "predict"])
+def test_checkpoint_with_other_classes_points_to_its_own_config(subcommand: str, tmp_path: Path, capsys) -> None:
     code, err = run_cli(quickstart(tmp_path), capsys)
     assert code == 0, err
+    (config,) = (tmp_path / "run").rglob("config.yaml")
     folder = write_jpeg_tree(tmp_path / "three", {"train": 2, "val": 1}, classes=["a", "b", "c"])
-    args = ["validate", "--config", str(CONFIGS / "quickstart.yaml"), *short(tmp_path), *csv_logger(tmp_path)]
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    args = [subcommand, "--config", str(CONFIGS / "quickstart.yaml"), *short(tmp_path), *csv_logger(tmp_path)]
     args += ["--data", "resnest_pl.data.ImageFolderDataModule", "--data.root", str(folder), "--data.crop_size", "32"]
-    args += ["--data.num_workers", "0", "--ckpt_path", str(tmp_path / "run" / "checkpoints" / "last.ckpt")]
+    args += ["--data.num_workers", "0", "--data.predict_paths", str(folder), "--ckpt_path", str(last)]
     code, err = run_cli(args, capsys)
     assert code == 2
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("error: the checkpoint's classifier has 10 classes but this model has 3; ")
-    assert "model.pretrained=<checkpoint>" in last
-    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()  # nothing saved was lost
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: the checkpoint's classifier has 10 classes but this model has 3 ")
+    assert f"to {subcommand} the checkpoint, pass the config of the run that wrote it" in line
+    assert line.endswith(f"--config {config} --ckpt_path {last}") and "model.pretrained" not in line
+    assert last.is_file()  # nothing saved was lost
+
+
+def test_hparams_yaml_loads_with_safe_load(tmp_path: Path, capsys) -> None:
+    code, err = run_cli(quickstart(tmp_path), capsys)
+    assert code == 0, err
+    (saved,) = (tmp_path / "run").rglob("hparams.yaml")
+    hparams = yaml.safe_load(saved.read_text())
+    assert hparams["config"] == [str(CONFIGS / "quickstart.yaml")]
+    assert load_hparams_from_yaml(str(saved))["model_name"] == "resnest14d"
+
+
+def test_evaluating_a_checkpoint_says_nothing_about_resuming(tmp_path: Path, capsys, caplog) -> None:
+    code, err = run_cli(quickstart(tmp_path), capsys)
+    assert code == 0, err
+    last = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    with caplog.at_level(logging.INFO):
+        code, err = run_cli(quickstart(tmp_path, "--ckpt_path", last, subcommand="validate"), capsys)
+    assert code == 0, err
+    assert "resuming" not in caplog.text + err
+    with caplog.at_level(logging.INFO):
+        code, err = run_cli(quickstart(tmp_path, "--ckpt_path", last, "--trainer.max_epochs", "2"), capsys)
+    assert code == 0, err
+    assert "resuming epoch 0 after its first 3 batches" in caplog.text  # a fit still says so
 
 
 def test_runs_of_a_wandb_sweep_keep_their_checkpoints_apart(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -482,3 +559,57 @@ def test_runs_of_a_wandb_sweep_keep_their_checkpoints_apart(tmp_path: Path, monk
     code, err = run_cli(quickstart(tmp_path, "--trainer.limit_train_batches", "1"), capsys)
     assert code == 0, err
     assert (tmp_path / "run" / "run42" / "checkpoints" / "last.ckpt").is_file()
+
+
+# ---- run folders and the weights a run loads -------------------------------------------------------------------
+
+
+def test_run_dir_holds_a_runs_checkpoints_and_logs(tmp_path: Path, capsys) -> None:
+    args = ["fit", "--config", str(CONFIGS / "quickstart.yaml"), "--run_dir", str(tmp_path / "mine"), *QUICK]
+    code, err = run_cli([*args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "mine" / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "mine" / "csv_logs" / "version_0" / "metrics.csv").is_file()
+
+
+def test_a_fit_does_not_overwrite_another_runs_checkpoints(tmp_path: Path, capsys, caplog) -> None:
+    code, err = run_cli(quickstart(tmp_path), capsys)
+    assert code == 0, err
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    folder = write_jpeg_tree(tmp_path / "three", {"train": 4, "val": 2}, classes=["a", "b", "c"])
+    three = ["--data", "resnest_pl.data.ImageFolderDataModule", "--data.root", str(folder), "--data.crop_size", "32"]
+    three += ["--data.num_workers", "0", "--data.batch_size", "4"]
+    code, err = run_cli(quickstart(tmp_path, *three), capsys)
+    assert code == 2
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"error: {last} belongs to another run (resnest14d ")
+    assert "10 classes, DigitsDataModule) than this fit (" in line and "3 classes, ImageFolderDataModule" in line
+    assert "--run_dir runs/<name>" in line and "--ckpt_path last" in line and "--overwrite true" in line
+    assert last.read_bytes() == before
+
+    # Fine-tuning it in a folder of its own says which weights it starts from and what it replaced.
+    mine = ["--run_dir", str(tmp_path / "three_run"), "--model.pretrained", str(last)]
+    with caplog.at_level(logging.INFO):
+        code, err = run_cli(quickstart(tmp_path, *three, *mine), capsys)
+    assert code == 0, err
+    (loaded,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loading weights:")]
+    assert loaded.startswith(f"loading weights: {last} (run: resnest14d width_multiplier=0.25 stem_width=8 ")
+    assert "10 classes (0, 1, 2, 3, 4, ...), epoch 0, step 3, val/acc1 0." in loaded
+    assert loaded.endswith("; classifier 10 → 3 classes, re-initialised")
+    code, err = run_cli(quickstart(tmp_path, *three, "--overwrite", "true"), capsys)  # said explicitly
+    assert code == 0, err
+    assert last.read_bytes() != before
+
+
+def test_evaluating_a_checkpoint_names_it_and_its_run(tmp_path: Path, capsys, caplog) -> None:
+    code, err = run_cli(quickstart(tmp_path), capsys)
+    assert code == 0, err
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    with caplog.at_level(logging.INFO):
+        code, err = run_cli(quickstart(tmp_path, "--ckpt_path", str(last), subcommand="validate"), capsys)
+    assert code == 0, err
+    (loaded,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loading weights:")]
+    assert loaded.startswith(f"loading weights: {last} (run: resnest14d ")
+    assert "10 classes (0, 1, 2, 3, 4, ...), epoch 0, step 3, val/acc1 0." in loaded
+    assert loaded.endswith("); nothing replaced")

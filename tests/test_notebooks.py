@@ -30,5 +30,7 @@ def test_notebook_executes(path: Path, tmp_path: Path, monkeypatch) -> None:
     NotebookClient(
         notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     ).execute()
-    errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors
+    outputs = [o for c in notebook.cells for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "removed from hparams" not in printed  # every argument of the module is saved with the run

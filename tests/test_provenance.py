@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from resnest_pl.checkpoint_keys import RUN_KEY
 from resnest_pl.data.datasets import ArrayDataset, ImageFileDataset
 from resnest_pl.export import export
+from resnest_pl.models.weights import RUN_RECORD_KEY
 from resnest_pl.provenance import SOURCE_ROOT, data_differences, split_fingerprint
 
 from .fixtures import write_images
@@ -78,8 +78,8 @@ def test_run_folder_checkpoint_and_export_carry_the_provenance(tmp_path: Path, c
     assert set(data["splits"]) == {"train", "val"} and all(len(s["sha256"]) == 64 for s in data["splits"].values())
 
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
-    assert checkpoint[RUN_KEY]["provenance"] == record
-    assert checkpoint[RUN_KEY]["class_names"] == data["class_names"]  # the run record is whole beside it
+    assert checkpoint[RUN_RECORD_KEY]["provenance"] == record
+    assert checkpoint[RUN_RECORD_KEY]["class_names"] == data["class_names"]  # the run record is whole beside it
 
     export(tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "export")
     assert json.loads((tmp_path / "export" / "config.json").read_text())["provenance"] == record

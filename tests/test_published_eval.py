@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import logging
 from pathlib import Path
 
 import pytest
@@ -14,11 +16,13 @@ from sklearn.datasets import load_sample_images
 from torchvision.transforms.v2 import functional as TF
 
 from resnest_pl.cli import main
-from resnest_pl.data import IMAGENET_MEAN, IMAGENET_STD, ImageNetDataModule, normalize
+from resnest_pl.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataModule, ImageNetDataModule, normalize
 from resnest_pl.models import create_model, get_variant
+from resnest_pl.module import ResNeStClassifier
 
 from .cli_config import parsed_config
-from .fixtures import WNIDS
+from .fixtures import WNIDS, write_colour_squares
+from .helpers import QUICK, TINY, make_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("resnest50", "resnest101", "resnest200", "resnest269")
@@ -105,7 +109,8 @@ def test_command_line_overrides_each_eval_setting(photo_val: Path) -> None:
     data = parsed_config(*args, *overrides).data.init_args
     assert (data.eval_crop_size, data.crop_pct, data.interpolation) == (320, 416 / 448, "bilinear")
     other = parsed_config(*args, "--model.model_name", "resnest101").data.init_args
-    assert (other.eval_crop_size, other.crop_pct) == (256, 256 / 288)  # the model named, not the file's
+    # The model named, not the file's: ResNeSt-101's ratio (256 / 224) at the file's training crop, 320.
+    assert (other.eval_crop_size, other.crop_pct) == (366, 366 / 398)
 
 
 def test_small_image_data_modules_are_left_alone() -> None:
@@ -141,3 +146,70 @@ def test_validate_published_weights_on_a_val_only_folder(photo_val: Path, tmp_pa
         0.875,
         "bilinear",
     )  # resnest14d's
+
+
+# ---- evaluation moves with the training crop ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "published"),
+    [
+        ("resnest50", (224, 224 / 256, "bicubic")),
+        ("resnest101", (256, 256 / 288, "bicubic")),
+        ("resnest200", (320, 320 / 352, "bicubic")),
+        ("resnest269", (416, 416 / 448, "bicubic")),
+        ("resnest14d", (224, 0.875, "bilinear")),
+        ("resnest26d", (224, 0.875, "bilinear")),
+    ],
+)
+def test_the_published_train_crop_gives_the_published_evaluation(name: str, published: tuple) -> None:
+    variant = get_variant(name)
+    assert variant.eval_settings(variant.train_crop) == pytest.approx(published)
+
+
+@pytest.mark.parametrize(("name", "crop", "expected"), [("resnest50", 32, 32), ("resnest101", 112, 128)])
+def test_the_eval_crop_keeps_the_published_ratio_to_the_training_crop(name: str, crop: int, expected: int) -> None:
+    eval_crop, crop_pct, interpolation = get_variant(name).eval_settings(crop)
+    assert (eval_crop, crop_pct, interpolation) == (expected, expected / (expected + 32), "bicubic")
+    config = parsed_config("--config", str(CONFIGS[name]), "--data.init_args.crop_size", str(crop))
+    assert config.data.init_args.eval_crop_size == expected
+
+
+def test_a_python_data_module_evaluates_as_the_cli_builds_it(tmp_path: Path) -> None:
+    """Built in Python, the data module takes its evaluation from the trainer's model at setup."""
+    root = write_colour_squares(tmp_path / "squares", per_class=4)
+    cli = parsed_config(
+        "--config", str(ROOT / "configs" / "quickstart.yaml"), "--data", "resnest_pl.data.ImageFolderDataModule",
+        "--data.root", str(root), "--data.crop_size", "32",
+    ).data.init_args  # fmt: skip
+    data = ImageFolderDataModule(str(root), crop_size=32, num_workers=0, batch_size=4)
+    model = ResNeStClassifier("resnest14d", num_classes=3, model_overrides=TINY)
+    make_trainer(limit_val_batches=1).validate(model, datamodule=data, verbose=False)
+    python = (data.eval_crop_size, data.crop_pct, data.interpolation)
+    assert python == (cli.eval_crop_size, cli.crop_pct, cli.interpolation) == (32, 0.875, "bilinear")
+
+
+def test_an_eval_crop_far_from_the_training_crop_is_one_warning(tmp_path: Path, caplog) -> None:
+    root = write_colour_squares(tmp_path / "squares", per_class=2)
+    with caplog.at_level(logging.WARNING, logger="resnest_pl.eval_settings"):
+        ImageFolderDataModule(str(root), crop_size=64, eval_crop_size=96)
+        assert not caplog.records
+        ImageFolderDataModule(str(root), crop_size=32, eval_crop_size=224)
+    (record,) = caplog.records
+    assert record.getMessage().startswith("warning: data.eval_crop_size 224 is far from the training crop 32")
+    assert "\n" not in record.getMessage()
+
+
+def test_a_folder_of_32_pixel_images_trains_and_evaluates_at_32(tmp_path: Path, capsys) -> None:
+    """The issue's command: the quick start's model on a class folder of 32-px images, with only the crop set."""
+    root = write_colour_squares(tmp_path / "squares", per_class=24)
+    args = ["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--data", "ImageFolderDataModule"]
+    args += ["--data.root", str(root), "--data.crop_size", "32", "--data.batch_size", "16"]
+    args += ["--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.logger.init_args.save_dir"]
+    args += [str(tmp_path / "run"), "--trainer.max_epochs", "4", *QUICK]
+    main(args)
+    saved = yaml.safe_load(next((tmp_path / "run").rglob("config.yaml")).read_text())["data"]["init_args"]
+    assert (saved["eval_crop_size"], saved["crop_pct"], saved["interpolation"]) == (32, 0.875, "bilinear")
+    rows = list(csv.DictReader(next((tmp_path / "run").rglob("metrics.csv")).open()))
+    acc = [float(row["val/acc1"]) for row in rows if row.get("val/acc1")]
+    assert acc[-1] >= 0.9  # chance is 1/3

@@ -87,3 +87,16 @@ def test_declared_lower_bounds_admit_no_release_without_the_apis_used() -> None:
     for name, oldest in NEEDED.items():
         lower = [spec.version for spec in requirements[name].specifier if spec.operator == ">="]
         assert lower and Version(lower[0]) >= Version(oldest), (name, lower)
+
+
+def test_gitignore_covers_what_the_readme_commands_write() -> None:
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    for folder in ("/runs/", "/exports/", "/data/"):
+        assert folder in ignored, folder
+
+
+def test_the_digits_grid_states_the_readmes_measured_time() -> None:
+    measured = re.search(r"took (\d+ min \d+ s) on this project's 2-core machine", (ROOT / "README.md").read_text())
+    assert measured, "the README's CPU grid time"
+    header = (ROOT / "configs" / "ablation" / "digits.yaml").read_text().split("\nname:")[0]
+    assert f"took {measured.group(1)}" in header and "minutes" not in header

@@ -112,7 +112,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("key", "message"),
     [
-        ("model.foo", "search key 'model.foo' is not a setting of this recipe (unrecognized arguments"),
+        ("model.foo", "search key 'model.foo' is not a setting of this recipe (unknown key 'model.foo'"),
         ("model.model_overrides.radixx", "did you mean model.model_overrides.radix"),
         ("model.label_smothing", "did you mean model.label_smoothing"),
     ],
@@ -151,7 +151,7 @@ def test_bad_search_space_entries_are_refused(tmp_path: Path, spec: dict[str, An
         (1, ("--trainer.devices", "2"), "use --launch subprocess"),  # in-process trials need one device
         (0, (), "at least 1, not 0"),
         (1, ("max_epochs", "3"), "are --key value pairs; got 'max_epochs'"),
-        (1, ("--trainer.nonsense", "3"), "the recipe: the fit command does not parse: unrecognized arguments"),
+        (1, ("--trainer.nonsense", "3"), "the recipe: the fit command does not parse: unknown key 'trainer.nonsense'"),
     ],
 )
 def test_bad_commands_are_refused_before_any_trial(

@@ -36,6 +36,16 @@ def test_other_class_count_keeps_trunk_and_reinitialises_head(tmp_path: Path) ->
     assert _same_trunk(loaded, source)
 
 
+def test_loaded_weights_are_described_in_one_line(tmp_path: Path) -> None:
+    torch.save(tiny_model(num_classes=1000).state_dict(), tmp_path / "imagenet.pth")
+    loaded = tiny_model(num_classes=7, pretrained=str(tmp_path / "imagenet.pth"))
+    assert loaded.loaded_from == (
+        f"loading weights: {tmp_path / 'imagenet.pth'} (a state dict without a run record); "
+        "classifier 1000 → 7 classes, re-initialised"
+    )
+    assert tiny_model().loaded_from is None
+
+
 def test_lightning_and_ddp_checkpoints_are_unwrapped(tmp_path: Path) -> None:
     source = tiny_model()
     wrapped = {f"model.module.{k}": v for k, v in source.state_dict().items()}

@@ -201,8 +201,8 @@ class ImageDataModule(pl.LightningDataModule, ABC):
         return {"shuffle_seed": self._shuffle_seed, "epoch": trainer.current_epoch, "batches_done": done}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "shuffle_seed" not in state_dict:
-            return
+        if "shuffle_seed" not in state_dict or (self.trainer is not None and self.trainer.state.fn != "fit"):
+            return  # only a fit continues the training order; validate, test and predict have none to resume
         self._shuffle_seed = int(state_dict["shuffle_seed"])
         epoch, done = int(state_dict["epoch"]), int(state_dict["batches_done"])
         self._resume_at = (epoch, done)

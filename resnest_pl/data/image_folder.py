@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from torch.utils.data import Dataset
 
+from ..eval_settings import resolve_eval_settings, warn_if_far
 from . import transforms
 from .base import ImageDataModule, Split, as_triplet
 from .datasets import ImageFileDataset
@@ -57,6 +58,9 @@ class ImageNetRecipe:
         transforms.eval_interpolation(self.interpolation)
         self.crop_size = crop_size
         self.eval_crop_size = crop_size if eval_crop_size is None else eval_crop_size
+        self._eval_requested = {"eval_crop_size": eval_crop_size, "crop_pct": crop_pct, "interpolation": interpolation}
+        if eval_crop_size is not None:
+            warn_if_far(crop_size, eval_crop_size)
         self.auto_augment = auto_augment
         self.randaugment_ops = randaugment_ops
         self.randaugment_magnitude = randaugment_magnitude
@@ -86,6 +90,24 @@ class ImageNetRecipe:
 
     def eval_transform(self) -> ImageTransform:
         return transforms.eval_transform(self.eval_crop_size, self.crop_pct, self.interpolation)
+
+    def use_model_eval_settings(self, model_name: str) -> None:
+        """Fill the evaluation settings left at None with ``model_name``'s published rule at ``crop_size``
+        (:func:`resnest_pl.eval_settings.resolve_eval_settings`, the CLI's rule); done at setup for the trainer's
+        model, so that a data module built in Python evaluates as the CLI's would."""
+        settings = resolve_eval_settings(model_name, self.crop_size, self._eval_requested)
+        current = (self.eval_crop_size, self.crop_pct, self.interpolation)
+        self.eval_crop_size, self.crop_pct, self.interpolation = (settings[key] for key in settings)
+        if (self.eval_crop_size, self.crop_pct, self.interpolation) != current:
+            for split in ("val", "test", "predict"):
+                self._datasets.pop(split, None)  # built with the previous settings
+
+    def setup(self, stage: str) -> None:
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        model_name = getattr(model, "hparams", {}).get("model_name")
+        if isinstance(model_name, str):
+            self.use_model_eval_settings(model_name)
+        super().setup(stage)
 
 
 class ImageFolderDataModule(ImageNetRecipe, ImageDataModule):
@@ -128,9 +150,11 @@ class ImageFolderDataModule(ImageNetRecipe, ImageDataModule):
             For loaders that cannot keep up with the GPU; refused on the CPU and with ``auto_augment`` (which
             runs on the CPU, before the crop). Val, test and predict decode on the CPU as usual.
 
-    The three evaluation settings default to None: the CLI sets them to the model's published ones (how its
-    top-1 was measured, ``resnest_pl.models.get_variant(name)``); built directly, None means ``crop_size``,
-    0.875 and bicubic.
+    The three evaluation settings default to None: the model's published rule at ``crop_size``
+    (:mod:`resnest_pl.eval_settings`: the published ratio of eval to train crop, crop_pct rule and interpolation;
+    at the published training crop, how its top-1 was measured). The CLI fills them from ``model.model_name``;
+    built in Python, they are filled at setup from the trainer's model, and mean ``crop_size``, 0.875 and bicubic
+    until then.
     """
 
     def __init__(

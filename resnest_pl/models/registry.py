@@ -13,8 +13,10 @@ from .config import ResNeStConfig
 from .resnest import ResNeSt
 from .weights import (
     IncompatibleCheckpointError,
+    classifier_change,
     exported_config,
     extract_state_dict,
+    load_line,
     load_state_dict_checked,
     read_checkpoint,
 )
@@ -41,7 +43,9 @@ class Variant:
 
     ``eval_crop``, ``crop_pct`` and ``interpolation`` are how the published top-1 was measured (timm's names):
     the shorter side resized to ``eval_crop / crop_pct`` with that interpolation, then the centre
-    ``eval_crop`` square. Sources per variant are in docs/recipe.md.
+    ``eval_crop`` square. ``fixed_crop_pct``: ``crop_pct`` is kept at any crop (timm's rule); otherwise it is
+    ``crop / (crop + 32)`` of whatever crop is evaluated (the official rule). Sources per variant are in
+    docs/recipe.md.
     """
 
     name: str
@@ -50,8 +54,17 @@ class Variant:
     eval_crop: int = 224
     crop_pct: float = official_crop_pct(224)
     interpolation: Interpolation = "bicubic"
+    fixed_crop_pct: bool = False
     weights_url: str | None = None
     aliases: tuple[str, ...] = ()
+
+    def eval_settings(self, train_crop: int) -> tuple[int, float, Interpolation]:
+        """``(eval crop, crop_pct, interpolation)`` for a model trained at ``train_crop``: the published ratio of
+        eval to train crop (1, 256/224, 320/256, 416/320) applied to ``train_crop``, with the published crop_pct
+        rule and interpolation at that size. At the published train crop these are the published settings."""
+        eval_crop = round(train_crop * self.eval_crop / self.train_crop)
+        crop_pct = self.crop_pct if self.fixed_crop_pct else official_crop_pct(eval_crop)
+        return eval_crop, crop_pct, self.interpolation
 
     @property
     def config(self) -> ResNeStConfig:
@@ -78,12 +91,14 @@ VARIANTS: dict[str, Variant] = {
         Variant(
             "resnest14d",
             interpolation="bilinear",
+            fixed_crop_pct=True,
             arch=dict(layers=(1, 1, 1, 1)),
             weights_url=TIMM_URL.format(file="gluon_resnest14-9c8fe254.pth"),
         ),
         Variant(
             "resnest26d",
             interpolation="bilinear",
+            fixed_crop_pct=True,
             arch=dict(layers=(2, 2, 2, 2)),
             weights_url=TIMM_URL.format(file="gluon_resnest26-50eb607c.pth"),
         ),
@@ -163,7 +178,8 @@ def create_model(
         pretrained: ``True`` for the official weights (downloaded once into the torch.hub cache and
             checked against their sha256 prefix), or a local file / URL of a state dict or checkpoint, a
             ``.safetensors`` file, or a folder written by ``python -m resnest_pl.export`` (whose
-            ``config.json`` must name the same architecture).
+            ``config.json`` must name the same architecture). The model's ``loaded_from`` then says, in one line,
+            the file, the run it came from and what was replaced.
         **overrides: any :class:`ResNeStConfig` field, e.g. ``radix=4``, ``output_stride=8``.
     """
     variant = get_variant(name)
@@ -181,7 +197,10 @@ def create_model(
                 "create the model with the checkpoint's settings (model_name and model_overrides), or pass weights "
                 "of this architecture"
             )
-        load_state_dict_checked(model, extract_state_dict(checkpoint))
+        state = extract_state_dict(checkpoint)
+        replaced = classifier_change(state, model)
+        load_state_dict_checked(model, state)
+        model.loaded_from = load_line(source, checkpoint, replaced)
     return model
 
 

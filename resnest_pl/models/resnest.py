@@ -191,6 +191,7 @@ class ResNeSt(nn.Module):
         self.num_features = inplanes
         self.fc: nn.Module = nn.Linear(inplanes, num_classes) if num_classes else nn.Identity()
         self.num_classes = num_classes
+        self.loaded_from: str | None = None  # set by create_model when it loads weights: a line for the log
         self._init_weights()
 
     @staticmethod

@@ -203,6 +203,47 @@ def load_pretrained(model: nn.Module, source: str | PathLike) -> bool:
     return load_state_dict_checked(model, extract_state_dict(read_checkpoint(source)))
 
 
+# The key of a training checkpoint's run record (``resnest_pl.module.run_record``): class names, data, metrics.
+RUN_RECORD_KEY = "resnest_pl"
+
+
+def describe_run(checkpoint: Mapping[str, object]) -> str:
+    """Where weights came from, for a log line: a training checkpoint's model, classes, epoch, step and
+    ``val/acc1`` (what it records), or "a state dict without a run record"."""
+    hparams = checkpoint.get("hyper_parameters")
+    record = checkpoint.get(RUN_RECORD_KEY)
+    parts = []
+    if isinstance(hparams, Mapping) and isinstance(hparams.get("model_name"), str):
+        overrides = hparams.get("model_overrides") or {}
+        parts.append(" ".join([hparams["model_name"], *(f"{k}={v}" for k, v in dict(overrides).items())]))
+    names = record.get("class_names") if isinstance(record, Mapping) else None
+    if names:
+        shown = ", ".join(str(n) for n in names[:5]) + (", ..." if len(names) > 5 else "")
+        parts.append(f"{len(names)} classes ({shown})")
+    for key in ("epoch", "global_step"):
+        if isinstance(checkpoint.get(key), int):
+            parts.append(f"{'step' if key == 'global_step' else key} {checkpoint[key]}")
+    metrics = record.get("metrics") if isinstance(record, Mapping) else None
+    if isinstance(metrics, Mapping) and "val/acc1" in metrics:
+        parts.append(f"val/acc1 {float(metrics['val/acc1']):.4f}")
+    return f"run: {', '.join(parts)}" if parts else "a state dict without a run record"
+
+
+def classifier_change(checkpoint_state: Mapping[str, torch.Tensor], model: nn.Module) -> str | None:
+    """``"classifier 10 → 2 classes, re-initialised"`` when the checkpoint's classifier does not fit
+    ``model``'s (which :func:`load_state_dict_checked` then leaves freshly initialised); None when it fits."""
+    weight = model.state_dict().get(f"{CLASSIFIER_PREFIX}weight")
+    theirs = checkpoint_state.get(f"{CLASSIFIER_PREFIX}weight")
+    if weight is None or theirs is None or theirs.shape == weight.shape:
+        return None
+    return f"classifier {theirs.shape[0]} → {weight.shape[0]} classes, re-initialised"
+
+
+def load_line(source: str | PathLike, checkpoint: Mapping[str, object], replaced: str | None = None) -> str:
+    """One line saying which weights a run loads: the file, the run it came from and what was replaced."""
+    return f"loading weights: {source} ({describe_run(checkpoint)}); {replaced or 'nothing replaced'}"
+
+
 def has_ema(checkpoint: Mapping[str, Any]) -> bool:
     """Whether the run kept an EMA: Lightning's ``EMAWeightAveraging`` saves the averaged weights as
     ``state_dict`` and moves the live ones to ``current_model_state``."""
