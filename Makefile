@@ -24,8 +24,9 @@ quickstart: install
 test: install
 	$(PY) -m pytest -n 2 --durations=15
 
+# Without the slow tests, except the marked proofs: one exact resume and one SLURM requeue.
 test-fast: install
-	$(PY) -m pytest -n 2 -m "not slow"
+	$(PY) -m pytest -n 2 -m "not slow or proof"
 
 lint: install
 	$(VENV)/bin/ruff check .

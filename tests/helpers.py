@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -43,26 +44,47 @@ def make_trainer(**kwargs: Any) -> pl.Trainer:
 
 
 class DumpRankState(Callback):
-    """Saves, at the end of fit, what one process holds: its rank, the world size, its parameters and the targets
-    of its first training batch, as ``<folder>/rank<N>.pt``. Added to a CLI run with ``--trainer.callbacks+=``."""
+    """Saves what one process holds as ``<folder>/rank<N>.pt``: at the end of fit its rank, the world size, its
+    parameters and the targets of its first training batch; at the end of predict its rank, the world size and the
+    dataset indices of the images it predicted. Added to a CLI run with :func:`rank_probe`."""
 
     def __init__(self, folder: str) -> None:
         self.folder = Path(folder)
         self.first_targets: torch.Tensor | None = None
+        self.predicted: list[int] = []
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, *_: Any) -> None:
         if self.first_targets is None:
             self.first_targets = batch[1].detach().clone()
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        parameters = {name: p.detach().clone() for name, p in pl_module.named_parameters()}
+        self._save(trainer, parameters=parameters, first_targets=self.first_targets)
+
+    def on_predict_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, *_: Any) -> None:
+        self.predicted += batch[1].tolist()  # (images, dataset indices)
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(trainer, predicted=self.predicted)
+
+    def _save(self, trainer: pl.Trainer, **state: Any) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        state = {
-            "rank": trainer.global_rank,
-            "world_size": trainer.world_size,
-            "parameters": {name: p.detach().clone() for name, p in pl_module.named_parameters()},
-            "first_targets": self.first_targets,
-        }
+        state = {"rank": trainer.global_rank, "world_size": trainer.world_size, **state}
         torch.save(state, self.folder / f"rank{trainer.global_rank}.pt")
+
+
+def rank_probe(folder: Path) -> list[str]:
+    """CLI arguments adding :class:`DumpRankState`, which saves each process's state into ``folder``."""
+    probe = {"class_path": "tests.helpers.DumpRankState", "init_args": {"folder": str(folder)}}
+    return [f"--trainer.callbacks+={json.dumps(probe)}"]
+
+
+def rank_states(folder: Path) -> list[dict]:
+    """The states :class:`DumpRankState` saved into ``folder``, by rank; there must be two, of a world of two."""
+    states = [torch.load(path, weights_only=False) for path in sorted(folder.glob("rank*.pt"))]
+    ranks = [(s["rank"], s["world_size"]) for s in states]
+    assert ranks == [(0, 2), (1, 2)], f"(rank, world size) of the processes that ran: {ranks}"
+    return states
 
 
 def run_killable(args: list[str], timeout: float, **kwargs: Any) -> subprocess.CompletedProcess:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -17,11 +18,13 @@ from pytorch_lightning.callbacks import Callback
 
 class SignalAtStep(Callback):
     """Send ``signal_name`` (e.g. ``SIGKILL``, ``SIGTERM``, ``SIGUSR1``) to this process after optimizer step
-    ``step``, once."""
+    ``step``, once. With ``once_file``, only the first process to get there sends it (and creates that file): a
+    rerun of the same command runs through."""
 
-    def __init__(self, step: int, signal_name: str = "SIGKILL") -> None:
+    def __init__(self, step: int, signal_name: str = "SIGKILL", once_file: str | None = None) -> None:
         self.step = step
         self.signum = signal.Signals[signal_name]
+        self.once_file = None if once_file is None else Path(once_file)
         self.sent = False
 
     def on_train_batch_end(
@@ -29,6 +32,10 @@ class SignalAtStep(Callback):
     ) -> None:
         if trainer.global_step == self.step and not self.sent:
             self.sent = True
+            if self.once_file is not None:
+                if self.once_file.exists():
+                    return
+                self.once_file.touch()
             os.kill(os.getpid(), self.signum)
 
 

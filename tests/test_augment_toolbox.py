@@ -283,6 +283,7 @@ def test_unknown_erase_mode_and_policy_are_refused(tmp_path: Path, capsys) -> No
 
 
 @pytest.mark.slow
+@pytest.mark.proof
 def test_resume_mid_epoch_is_exact_with_erasing_and_repeats(tmp_path: Path, capsys, monkeypatch) -> None:
     """A run that fails after step 3 of 6 and is resumed from its last checkpoint ends with the uninterrupted run's
     weights to the bit: the repeated sampler skips exactly the done batches and erasing draws from the step."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import sys
@@ -24,7 +23,7 @@ from resnest_pl.data.decode import read_image
 from resnest_pl.module import ResNeStClassifier
 
 from .fixtures import write_broken_images, write_cifar10, write_cifar100, write_images, write_jpeg_tree
-from .helpers import CONFIGS, QUICK, ROOT, run_cli, run_killable
+from .helpers import CONFIGS, QUICK, ROOT, rank_probe, rank_states, run_cli, run_killable
 
 
 def short(tmp_path: Path, epochs: int = 1, train_batches: int = 3, val_batches: int = 2) -> list[str]:
@@ -251,24 +250,12 @@ def test_gpu_presets_parse(preset: str, capsys) -> None:
     assert ("sync_batchnorm: true" in printed) == ("ddp" in preset or "multinode" in preset)
 
 
-def rank_probe(folder: Path) -> list[str]:
-    """CLI arguments adding :class:`DumpRankState`, which saves each process's state into ``folder``."""
-    probe = {"class_path": "tests.helpers.DumpRankState", "init_args": {"folder": str(folder)}}
-    return [f"--trainer.callbacks+={json.dumps(probe)}"]
-
-
 def fit_in_subprocess(args: list[str], timeout: float = 240) -> None:
     """``python -m resnest_pl.cli`` with ``args`` in its own process group, killed (the test failing) if it is still
     running after ``timeout`` s: a DDP rank waiting forever for the other must not block the test suite."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # run from ROOT, so `tests.helpers` imports in every rank
     result = run_killable([sys.executable, "-m", "resnest_pl.cli", *args], timeout, cwd=ROOT, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-
-
-def rank_states(folder: Path) -> list[dict]:
-    states = [torch.load(path, weights_only=False) for path in sorted(folder.glob("rank*.pt"))]
-    assert [(s["rank"], s["world_size"]) for s in states] == [(0, 2), (1, 2)]
-    return states
 
 
 @pytest.mark.slow

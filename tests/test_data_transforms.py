@@ -117,6 +117,32 @@ def test_eval_keeps_pixels_and_normalize_uses_mean_and_std():
         normalize(normalised, IMAGENET_MEAN, IMAGENET_STD)
 
 
+# AlexNet's principal components of ImageNet's RGB pixels as fb.resnet.torch and the ResNeSt and GluonCV
+# training scripts publish them: the eigenvectors are the columns.
+PUBLISHED_EIGVAL = [0.2175, 0.0188, 0.0045]
+PUBLISHED_EIGVEC = [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]]
+
+
+def test_pca_lighting_uses_the_published_components():
+    assert IMAGENET_PCA_EIGVAL.tolist() == PUBLISHED_EIGVAL
+    assert IMAGENET_PCA_EIGVEC.tolist() == PUBLISHED_EIGVEC
+    lighting = PCALighting(alpha_std=0.1)
+    for k in range(3):  # a weight on one component alone shifts the pixels along that column
+        alpha = np.zeros(3)
+        alpha[k] = 2.0
+        lighting.params = {"alpha": alpha}
+        expected = [2.0 * PUBLISHED_EIGVAL[k] * PUBLISHED_EIGVEC[channel][k] for channel in range(3)]
+        assert lighting.pixel_shift().tolist() == pytest.approx(expected, abs=1e-7)
+    # The first component, by far the largest, is brightness: nearly the same shift on R, G and B.
+    lighting.params = {"alpha": np.array([1.0, 0.0, 0.0])}
+    red, green, blue = lighting.pixel_shift().tolist()
+    assert red < 0 and max(red, green, blue) - min(red, green, blue) < 0.05 * abs(red)
+    alpha = np.array([0.3, -1.2, 0.7])  # and the weights add up, channel by channel
+    lighting.params = {"alpha": alpha}
+    expected = [sum(PUBLISHED_EIGVEC[c][k] * alpha[k] * PUBLISHED_EIGVAL[k] for k in range(3)) for c in range(3)]
+    assert lighting.pixel_shift().tolist() == pytest.approx(expected, abs=1e-7)
+
+
 def test_pca_lighting_is_drawn_in_the_loader_and_added_on_the_device():
     image = photo(40, 40)
     train = imagenet_train_transform(32, lighting=0.1)

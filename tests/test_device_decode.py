@@ -66,13 +66,21 @@ def device_data(root: Path, **kwargs: Any) -> ImageFolderDataModule:
     return ImageFolderDataModule(str(root), **options)
 
 
-def reference_crop(path: str, draw: CropDraw, size: int) -> torch.Tensor:
-    """The drawn box of the decoded file, resized with antialiasing in float and flipped, done here by hand."""
-    image = decode_jpeg(torch.from_numpy(np.fromfile(path, dtype=np.uint8)))
+def resized_box(image: torch.Tensor, draw: CropDraw, size: int, mode: str) -> torch.Tensor:
+    """The drawn box of a ``uint8`` image resized with antialiasing in float, rounded to ``uint8``, not flipped."""
     box = image[:, draw.top : draw.top + draw.height, draw.left : draw.left + draw.width].float()
-    resized = TF.interpolate(box[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-    out = resized.round().clamp(0, 255).to(torch.uint8)
+    resized = TF.interpolate(box[None], size=(size, size), mode=mode, antialias=True, align_corners=False)[0]
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+def reference_crop(path: str, draw: CropDraw, size: int, mode: str = "bilinear") -> torch.Tensor:
+    """The drawn box of the decoded file, resized and flipped, done here by hand."""
+    out = resized_box(decode_jpeg(torch.from_numpy(np.fromfile(path, dtype=np.uint8))), draw, size, mode)
     return out.flip(-1) if draw.flip else out
+
+
+def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max())
 
 
 def test_crop_draws_follow_the_seed_and_the_recipe_ranges() -> None:
@@ -111,6 +119,22 @@ def test_crop_image_resizes_the_box_and_flips_it() -> None:
     assert (out.float() - expected).abs().max() <= 1.0  # uint8 and float resizing round differently
 
 
+@pytest.mark.parametrize(
+    ("box", "size", "mode"),
+    [((350, 420), 320, "bicubic"), ((200, 240), 320, "bicubic"), ((350, 420), 319, "bilinear")],
+)
+def test_crops_of_320_pixels_and_more_are_resized_bicubic(box: tuple[int, int], size: int, mode: str) -> None:
+    """The recipe resizes bicubic from 320 pixels, bilinear below; shrinking or enlarging. Grey levels 64-191 keep
+    bicubic's overshoot inside 0-255, which a ``uint8`` resize would clip between its two passes."""
+    image = torch.from_numpy(np.random.default_rng(2).integers(64, 192, (3, 400, 500), dtype=np.uint8))
+    draw = CropDraw(top=20, left=30, height=box[0], width=box[1], flip=False)
+    out = crop_image(image, draw, size)
+    assert out.shape == (3, size, size) and out.dtype == torch.uint8
+    assert max_difference(out, resized_box(image, draw, size, mode)) <= 1.0  # uint8 and float round differently
+    other = "bilinear" if mode == "bicubic" else "bicubic"
+    assert max_difference(out, resized_box(image, draw, size, other)) > 8
+
+
 def test_color_jitter_applies_each_images_factors_in_its_order() -> None:
     images = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (6, 3, 8, 8), dtype=np.uint8))
     crop = DeviceCrop.recipe(8, color_jitter=0.4, lighting=0.0)
@@ -127,23 +151,25 @@ def test_color_jitter_applies_each_images_factors_in_its_order() -> None:
     assert torch.equal(color_jitter(images, unjittered), images)
 
 
-def test_batches_match_a_reference_crop_of_each_decoded_file(folder: Path) -> None:
-    data = device_data(folder, color_jitter=0.0, lighting=0.1)
+@pytest.mark.parametrize(("size", "mode"), [(CROP, "bilinear"), (320, "bicubic")])
+def test_batches_match_a_reference_crop_of_each_decoded_file(folder: Path, size: int, mode: str) -> None:
+    data = device_data(folder, crop_size=size, color_jitter=0.0, lighting=0.1)
     data.setup("fit")  # no trainer: nothing to refuse
     loader = data.train_dataloader()
     keys = list(loader.sampler)[:BATCH]
     batch = next(iter(loader))
     assert isinstance(batch[0], EncodedImages) and len(batch) == 3
     images, targets, skipped, shift = decode_batch(batch, "cpu")
-    assert images.shape == (BATCH, 3, CROP, CROP) and images.dtype == torch.uint8
+    assert images.shape == (BATCH, 3, size, size) and images.dtype == torch.uint8
     dataset = data.dataset("train")
     assert targets.tolist() == [dataset.targets[index] for index, _, _ in keys] and int(skipped) == 0
-    crop = DeviceCrop.recipe(CROP, 0.0, 0.1)
+    crop = DeviceCrop.recipe(size, 0.0, 0.1)
     for i, (index, seed, _) in enumerate(keys):
         path = dataset.files[index]
         width, height = Image.open(path).size
         draw = draw_crop(seed, height, width, crop)
-        assert (images[i].float() - reference_crop(path, draw, CROP).float()).abs().max() <= 1.0, path
+        # uint8 and float resizing round differently; a uint8 bicubic resize also rounds between its two passes.
+        assert max_difference(images[i], reference_crop(path, draw, size, mode)) <= (1 if mode == "bilinear" else 2)
         expected_shift = IMAGENET_PCA_EIGVEC @ (np.array(draw.alpha) * IMAGENET_PCA_EIGVAL)
         assert torch.allclose(shift[i], torch.tensor(expected_shift, dtype=torch.float32))
     # The same keys give the same pixels: a resumed run decodes and crops exactly as before.

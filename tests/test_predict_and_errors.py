@@ -4,7 +4,7 @@ bad weights or checkpoints end in one ``error:`` line."""
 from __future__ import annotations
 
 import csv
-import subprocess
+import os
 import sys
 import urllib.error
 from pathlib import Path
@@ -19,7 +19,17 @@ from resnest_pl.module import ResNeStClassifier
 from resnest_pl.prediction import PredictionCSVWriter
 
 from .fixtures import write_images, write_jpeg_tree
-from .helpers import CONFIGS, ROOT, TINY, make_trainer, quickstart_command, run_cli
+from .helpers import (
+    CONFIGS,
+    ROOT,
+    TINY,
+    make_trainer,
+    quickstart_command,
+    rank_probe,
+    rank_states,
+    run_cli,
+    run_killable,
+)
 
 ANIMALS = ["cat", "dog", "fox"]
 
@@ -125,8 +135,13 @@ def test_ddp_predict_writes_one_csv_with_every_file_once(digits_checkpoint: Path
     args = [sys.executable, "-m", "resnest_pl.cli", *quickstart(tmp_path, "predict")]
     args += ["--config", str(CONFIGS / "trainer/cpu-ddp.yaml"), "--ckpt_path", str(digits_checkpoint)]
     args += ["--data.predict_paths", str(images[0].parent), "--data.batch_size", "2", "--predictions", str(out)]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    args += rank_probe(tmp_path / "ranks")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # run from ROOT, so `tests.helpers` imports in every rank
+    result = run_killable(args, 300, cwd=ROOT, env=env)  # a rank waiting forever for the other fails the test
     assert result.returncode == 0, result.stderr[-3000:]
+    first, second = rank_states(tmp_path / "ranks")  # two processes, of a world of two
+    assert first["predicted"] and second["predicted"]  # each predicted a share (padded to equal lengths)
+    assert set(first["predicted"]) | set(second["predicted"]) == set(range(len(images)))
     assert sorted(p.name for p in tmp_path.glob("predictions*.csv")) == ["predictions.csv"]
     with out.open() as handle:
         rows = list(csv.DictReader(handle))

@@ -11,7 +11,6 @@ import os
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -251,10 +250,13 @@ def test_sigterm_saves_the_current_step_and_resume_finishes_the_run(tmp_path: Pa
 
 
 @pytest.mark.slow
+@pytest.mark.proof
 def test_slurm_requeue_signal_saves_requeues_and_the_same_command_resumes(tmp_path: Path) -> None:
-    """SLURM sends SIGUSR1 ahead of the time limit (``--signal=SIGUSR1@90``): Lightning's auto-requeue calls
-    ``scontrol requeue <job>``, last.ckpt gets the step, and the requeued job (the same command, again with
-    ``--ckpt_path last``) resumes from it. SLURM then stops the job with SIGTERM."""
+    """SLURM sends SIGUSR1 ahead of the time limit (``--signal=SIGUSR1@90``): Lightning's auto-requeue writes
+    ``hpc_ckpt_<n>.ckpt`` and calls ``scontrol requeue <job>``, and last.ckpt gets the step the signal came in. The
+    requeued job, the same command with ``--ckpt_path last``, resumes from the newest of last.ckpt and the
+    ``hpc_ckpt`` files. Here the job is sent the signal twice and killed outright (SIGKILL: no save of its own) in
+    the step of the second one, before last.ckpt is written: Lightning's hpc_ckpt_2 is then the newest."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "scontrol_calls.txt"
@@ -274,16 +276,18 @@ def test_slurm_requeue_signal_saves_requeues_and_the_same_command_resumes(tmp_pa
     }
     root = tmp_path / "run"
     limit = ["--trainer.limit_train_batches", "6", "--trainer.limit_val_batches", "1", "--ckpt_path", "last"]
-    first = cli(fit_args(root, *limit, *signal_at(7, "SIGUSR1"), *signal_at(9, "SIGTERM")), env=slurm)
-    assert first.returncode == 128 + 15, first.stderr[-3000:]
-    assert calls.read_text().split() == ["requeue", "4242"]
-    assert load(root / "checkpoints" / "last.ckpt")["global_step"] == 9  # SIGTERM after the requeue signal
-    assert sorted(p.name for p in root.glob("hpc_ckpt_*.ckpt")) == ["hpc_ckpt_1.ckpt"]
-    time.sleep(0.01)  # distinct modification times for "the newest checkpoint"
-    second = cli(fit_args(root, *limit), env=slurm)
+    signals = [*signal_at(3, "SIGUSR1"), *signal_at(5, "SIGUSR1"), *signal_at(5, "SIGKILL")]
+    first = cli(fit_args(root, *limit, *signals, epochs=1), env=slurm)
+    assert first.returncode == -9, first.stderr[-3000:]
+    assert calls.read_text().split() == ["requeue", "4242"] * 2
+    assert load(root / "checkpoints" / "last.ckpt")["global_step"] == 3  # the step of the first signal
+    assert [load(root / f"hpc_ckpt_{n}.ckpt")["global_step"] for n in (1, 2)] == [3, 5]
+
+    second = cli(fit_args(root, *limit, epochs=1), env=slurm)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "resuming from" in second.stderr and "last.ckpt" in second.stderr
-    assert load(root / "checkpoints" / "last.ckpt")["global_step"] == 12
+    assert f"--ckpt_path last: resuming from {root / 'hpc_ckpt_2.ckpt'}" in second.stderr
+    assert "resuming epoch 0 after its first 5 batches" in second.stderr + second.stdout
+    assert load(root / "checkpoints" / "last.ckpt")["global_step"] == 6
 
 
 def test_the_slurm_job_template_requeues_and_resumes() -> None:

@@ -3,6 +3,9 @@ except for the pruning test, which checks the default child-process trials."""
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,8 +22,9 @@ from resnest_pl.tune import TuneError, trials
 from resnest_pl.tune.command import main
 from resnest_pl.tune.pruning import PRUNED_AT, ReportToStudy
 from resnest_pl.tune.space import load_space
+from resnest_pl.tune.study import GRACE_S, retried
 
-from .helpers import CONFIGS, QUICK
+from .helpers import CONFIGS, QUICK, ROOT, run_killable
 
 RECIPE = str(CONFIGS / "quickstart.yaml")
 # Two epochs of four training batches, two validation batches: each fit takes a second or two.
@@ -41,10 +45,15 @@ def write_space(folder: Path, space: dict[str, Any]) -> Path:
     return path
 
 
+def tune_args(out: Path, space: Path, count: int, *extra: str, fit: tuple[str, ...] = ()) -> list[str]:
+    """The tune command's arguments: in-process fits of ``SHORT``, seed 0, ``fit`` overrides last."""
+    args = ["--config", RECIPE, "--search", str(space), "--trials", str(count), "--out", str(out)]
+    return [*args, "--seed", "0", "--launch", "in-process", *extra, *SHORT, *QUICK, *fit]
+
+
 def tune(out: Path, space: Path, count: int, *extra: str, fit: tuple[str, ...] = ()) -> int:
     """Run the tune command in this process; returns its exit status."""
-    args = ["--config", RECIPE, "--search", str(space), "--trials", str(count), "--out", str(out)]
-    return main([*args, "--seed", "0", "--launch", "in-process", *extra, *SHORT, *QUICK, *fit])
+    return main(tune_args(out, space, count, *extra, fit=fit))
 
 
 def load(out: Path) -> optuna.Study:
@@ -180,6 +189,33 @@ def test_an_interrupted_trial_is_run_again_with_its_values(tmp_path: Path, monke
     study = load(out)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert study.trials[1].params == first[0].params
+
+
+@pytest.mark.slow
+def test_a_trial_killed_outright_is_failed_by_its_stale_heartbeat_and_run_again(tmp_path: Path) -> None:
+    """``kill -9`` of the tune process in the middle of a trial leaves the trial RUNNING with its last heartbeat.
+    Once that is older than the grace period (moved back here rather than waited for), the same command marks the
+    trial FAIL and runs its values again."""
+    out, space = tmp_path / "study", write_space(tmp_path, {LR: SPACE[LR]})
+    kill = ["--trainer.callbacks+=tests.interrupt.SignalAtStep", "--trainer.callbacks.step", "2"]
+    kill += ["--trainer.callbacks.once_file", str(tmp_path / "killed")]  # the rerun's fit runs through
+    command = tune_args(out, space, 1, fit=tuple(kill))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = run_killable([sys.executable, "-m", "resnest_pl.tune", *command], 300, cwd=ROOT, env=env)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    (interrupted,) = load(out).trials
+    assert interrupted.state == TrialState.RUNNING
+    with sqlite3.connect(out / "study.db") as db:
+        moved = db.execute(
+            "UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, ?)", (f"-{GRACE_S + 60} seconds",)
+        )
+        assert moved.rowcount == 1  # the killed trial's heartbeat
+
+    assert main(command) == 0
+    study = load(out)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert study.trials[1].params == interrupted.params
+    assert retried(study.trials) == {0}
 
 
 @pytest.mark.slow
