@@ -18,9 +18,8 @@ from resnest_pl.export import export
 from resnest_pl.inspect import attention_stats, record_attention, split_attention_blocks
 from resnest_pl.inspect.__main__ import main
 from resnest_pl.models import ResNeSt
-from resnest_pl.module import RUN_KEY
 
-from .helpers import ROOT, TINY, tiny_model
+from .helpers import ROOT, tiny_model, write_run_checkpoint
 
 CLASSES = ("even", "odd")
 SETTINGS = {"eval_crop_size": 32, "crop_pct": 1.0, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.25] * 3}
@@ -89,17 +88,7 @@ def test_recording_leaves_the_model_as_it_was_and_splits_classes() -> None:
 
 
 def write_checkpoint(path: Path, radix: int = 2) -> Path:
-    """A checkpoint as a resnest_pl run writes it (hyper-parameters, weights under ``model.``, run record)."""
-    torch.manual_seed(0)
-    model = tiny_model(radix=radix, num_classes=2)
-    checkpoint = {
-        "hyper_parameters": {"model_name": "resnest14d", "model_overrides": {**TINY, "radix": radix}, "num_classes": 2},
-        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-        RUN_KEY: {"class_names": list(CLASSES), "data": SETTINGS},
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint, path)
-    return path
+    return write_run_checkpoint(path, radix, CLASSES, SETTINGS)
 
 
 def write_class_images(root: Path, per_class: int = 3) -> Path:
