@@ -125,11 +125,16 @@ class RecordInputSizes(Callback):
 
 
 def write_run_checkpoint(
-    path: Path, radix: int = 2, class_names: tuple[str, ...] = ("even", "odd"), data: dict | None = None
+    path: Path,
+    radix: int = 2,
+    class_names: tuple[str, ...] = ("even", "odd"),
+    data: dict | None = None,
+    seed: int = 0,
 ) -> Path:
-    """A checkpoint of a tiny network with random weights, shaped as a resnest_pl run writes it: hyper-parameters,
-    the weights under ``model.``, the run record with the class names and ``data``'s evaluation settings."""
-    torch.manual_seed(0)
+    """A checkpoint of a tiny network with random weights drawn from ``seed``, shaped as a resnest_pl run writes
+    it: hyper-parameters, the weights under ``model.``, the run record with the class names and ``data``'s
+    evaluation settings."""
+    torch.manual_seed(seed)
     model = tiny_model(radix=radix, num_classes=len(class_names))
     checkpoint = {
         "hyper_parameters": {

@@ -92,9 +92,8 @@ class FakeLauncher:
         if self.checkpoints:
             radix = json.loads(args[args.index("--model.model_overrides") + 1])["radix"]
             digits = tuple(str(d) for d in range(10))
-            write_run_checkpoint(
-                root / "checkpoints" / "last.ckpt", radix, digits, {"mean": [0.2] * 3, "std": [0.3] * 3}
-            )
+            settings = {"mean": [0.2] * 3, "std": [0.3] * 3}
+            write_run_checkpoint(root / "checkpoints" / "last.ckpt", radix, digits, settings, seed)
         log_path.write_text("done\n")
         return Launch(0, 0.1, 100.0 + seed)
 
@@ -263,15 +262,16 @@ def test_attention_entropy_column(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(launch, "run_logged", FakeLauncher(checkpoints=True))
-    assert run(["--config", str(write_grid(tmp_path, grid={"radix": [0, 1, 2]}))], capsys)[0] == 0
+    assert run(["--config", str(write_grid(tmp_path, grid={"radix": [0, 1, 2]}, seeds=[0, 1]))], capsys)[0] == 0
     results = pd.read_csv(tmp_path / "out" / "results.csv").set_index("cell")["attention_entropy_mean"]
     assert math.isnan(results["0s1x64d"]) and 0 < results["1s1x64d"] <= 1 and 0 < results["2s1x64d"] <= 1
-    runs = pd.read_csv(tmp_path / "out" / "runs.csv").set_index("cell")["attention_entropy"]
-    assert runs["2s1x64d"] == pytest.approx(results["2s1x64d"])
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv").groupby("cell")["attention_entropy"]
+    assert runs.nunique()["2s1x64d"] == 2  # the seeds' weights differ, so do their entropies
+    assert runs.mean()["2s1x64d"] == pytest.approx(results["2s1x64d"])
     table = (tmp_path / "out" / "results.md").read_text().splitlines()
     assert any(line.startswith("| setting |") and line.endswith("| seeds | attn. entropy |") for line in table)
-    assert next(line for line in table if line.startswith("| 0s1x64d |")).endswith("| 1 |  |")  # radix 0: blank
-    assert next(line for line in table if line.startswith("| 2s1x64d |")).endswith(f"| 1 | {results['2s1x64d']:.3f} |")
+    assert next(line for line in table if line.startswith("| 0s1x64d |")).endswith("| 2 |  |")  # radix 0: blank
+    assert next(line for line in table if line.startswith("| 2s1x64d |")).endswith(f"| 2 | {results['2s1x64d']:.3f} |")
 
 
 def test_attention_entropy_is_nan_without_a_usable_checkpoint(tmp_path: Path) -> None:
