@@ -16,6 +16,7 @@ from pytorch_lightning.callbacks import Callback
 
 from resnest_pl.cli import main
 from resnest_pl.models import ResNeSt, create_model
+from resnest_pl.module import RUN_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -143,3 +144,29 @@ class RecordInputSizes(Callback):
     ) -> None:
         with self.path.open("a") as handle:
             handle.write(f"{trainer.global_step} {batch[0].shape[-1]}\n")
+
+
+def write_run_checkpoint(
+    path: Path,
+    radix: int = 2,
+    class_names: tuple[str, ...] = ("even", "odd"),
+    data: dict | None = None,
+    seed: int = 0,
+) -> Path:
+    """A checkpoint of a tiny network with random weights drawn from ``seed``, shaped as a resnest_pl run writes
+    it: hyper-parameters, the weights under ``model.``, the run record with the class names and ``data``'s
+    evaluation settings."""
+    torch.manual_seed(seed)
+    model = tiny_model(radix=radix, num_classes=len(class_names))
+    checkpoint = {
+        "hyper_parameters": {
+            "model_name": "resnest14d",
+            "model_overrides": {**TINY, "radix": radix},
+            "num_classes": len(class_names),
+        },
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        RUN_KEY: {"class_names": list(class_names), "data": dict(data or {})},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+    return path

@@ -3,6 +3,7 @@ reports come out right, and the sweep and SLURM files hold commands the CLI acce
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -17,13 +18,17 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from resnest_pl.ablation import launch
 from resnest_pl.ablation.grid import GridError, GridFile, expand_cells
 from resnest_pl.ablation.launch import Launch
+from resnest_pl.ablation.report import attention_entropies, attention_entropy, validation_sample
 from resnest_pl.ablation.run import main as ablation_main
 from resnest_pl.cli import main as cli_main
+
+from .helpers import write_run_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
@@ -64,9 +69,10 @@ def run(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
 class FakeLauncher:
     """Stands in for the child process: writes the metrics.csv a fit would, or fails like one."""
 
-    def __init__(self, fail: tuple[str, ...] = (), interrupt_on: str | None = None) -> None:
+    def __init__(self, fail: tuple[str, ...] = (), interrupt_on: str | None = None, checkpoints: bool = False) -> None:
         self.fail = fail
         self.interrupt_on = interrupt_on
+        self.checkpoints = checkpoints  # also write a last.ckpt of the cell's radix (random weights)
         self.cells: list[str] = []
 
     def __call__(self, command: list[str], log_path: Path) -> Launch:
@@ -83,6 +89,11 @@ class FakeLauncher:
         metrics = root / "csv_logs" / "version_0" / "metrics.csv"
         metrics.parent.mkdir(parents=True)
         pd.DataFrame({"epoch": [0, 1], "val/acc1": [0.9, 0.8 + 0.01 * seed]}).to_csv(metrics, index=False)
+        if self.checkpoints:
+            radix = json.loads(args[args.index("--model.model_overrides") + 1])["radix"]
+            digits = tuple(str(d) for d in range(10))
+            settings = {"mean": [0.2] * 3, "std": [0.3] * 3}
+            write_run_checkpoint(root / "checkpoints" / "last.ckpt", radix, digits, settings, seed)
         log_path.write_text("done\n")
         return Launch(0, 0.1, 100.0 + seed)
 
@@ -250,6 +261,34 @@ def test_report_files(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch
     assert "| 0s1x64d |" in out  # the table is printed too
 
 
+def test_attention_entropy_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(launch, "run_logged", FakeLauncher(checkpoints=True))
+    assert run(["--config", str(write_grid(tmp_path, grid={"radix": [0, 1, 2]}, seeds=[0, 1]))], capsys)[0] == 0
+    results = pd.read_csv(tmp_path / "out" / "results.csv").set_index("cell")["attention_entropy_mean"]
+    assert math.isnan(results["0s1x64d"]) and 0 < results["1s1x64d"] <= 1 and 0 < results["2s1x64d"] <= 1
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv").groupby("cell")["attention_entropy"]
+    assert runs.nunique()["2s1x64d"] == 2  # the seeds' weights differ, so do their entropies
+    assert runs.mean()["2s1x64d"] == pytest.approx(results["2s1x64d"])
+    table = (tmp_path / "out" / "results.md").read_text().splitlines()
+    assert any(line.startswith("| setting |") and line.endswith("| seeds | attn. entropy |") for line in table)
+    assert next(line for line in table if line.startswith("| 0s1x64d |")).endswith("| 2 |  |")  # radix 0: blank
+    assert next(line for line in table if line.startswith("| 2s1x64d |")).endswith(f"| 2 | {results['2s1x64d']:.3f} |")
+
+
+def test_attention_entropy_is_nan_without_a_usable_checkpoint(tmp_path: Path) -> None:
+    digits = {"class_path": "resnest_pl.data.DigitsDataModule", "init_args": {"image_size": 32}}
+    sample = validation_sample(digits, count=4)
+    assert sample is not None and sample.shape == (4, 3, 32, 32) and sample.dtype == torch.uint8
+    damaged = tmp_path / "damaged" / "checkpoints" / "last.ckpt"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"\x00" * 64)
+    assert all(math.isnan(v) for v in attention_entropies([tmp_path / "none", damaged.parents[1]], digits))
+    assert math.isnan(attention_entropy(write_run_checkpoint(tmp_path / "r2.ckpt"), None))
+    assert validation_sample({"class_path": "resnest_pl.data.NoSuchModule", "init_args": {}}) is None
+
+
 # ---- scale-out files --------------------------------------------------------------------------------------------
 
 
@@ -370,6 +409,8 @@ def test_real_grid_end_to_end_and_resume(
     assert results["cell"].tolist() == ["0s1x64d", "2s1x64d"]
     assert results["best_val_acc1_mean"].between(0, 1).all() and (results["peak_rss_mib"] > 100).all()
     assert (results["train_img_s"] > 0).all() and (results["params"] > 0).all()
+    entropy = results.set_index("cell")["attention_entropy_mean"]  # each run's last.ckpt on validation images
+    assert math.isnan(entropy["0s1x64d"]) and 0 < entropy["2s1x64d"] <= 1
     rows = [line for line in (folder / "results.md").read_text().splitlines() if line.startswith("| ")]
     assert len(rows) == 3  # header and two cells
     assert (folder / "accuracy_vs_radix.png").stat().st_size > 0 and (folder / "accuracy_vs_gmacs.png").is_file()

@@ -7,7 +7,8 @@ interruption finishes only the rest, rerunning a finished grid only re-aggregate
 ``error.json`` next to its ``fit.log``; the others go on, the summary lists it and the exit status is 1.
 
 Before the runs, the runner counts each cell's parameters and MACs (meta device, the data's training crop) and
-times its train and inference images/s here (``timing:`` in the grid file). At the end it writes ``results.csv``,
+times its train and inference images/s here (``timing:`` in the grid file). At the end it measures each run's
+split-attention entropy (its ``last.ckpt`` on the first validation images) and writes ``results.csv``,
 ``runs.csv``, ``results.md``, ``accuracy_vs_radix.png`` and ``accuracy_vs_gmacs.png`` into the output folder.
 
     python -m resnest_pl.ablation --config configs/ablation/digits.yaml            # run or finish the grid
@@ -49,7 +50,7 @@ from .commands import (
 from .emit import sweep_run_args, write_slurm, write_sweep
 from .grid import Cell, GridError, GridFile, compact, expand_cells, load_grid
 from .measure import complexity, throughput
-from .report import ACC, aggregate, read_val_acc1, write_report
+from .report import ACC, ENTROPY, aggregate, attention_entropies, read_val_acc1, write_report
 
 RESULT = "result.json"
 FAILURE = "error.json"
@@ -310,7 +311,7 @@ def run_grid(plan: Plan) -> list[str]:
     """Measure the cells, run what is left, aggregate; returns the failures."""
     start = time.perf_counter()
     measures = measure_cells(plan)
-    records, failures = [], []
+    records, folders, failures = [], [], []
     for index, (cell, seed) in enumerate(plan.runs, start=1):
         print(f"[{index}/{len(plan.runs)}] {cell.name} seed {seed}: ", end="", flush=True)
         record, status = run_one(plan, cell, seed)
@@ -319,7 +320,10 @@ def run_grid(plan: Plan) -> list[str]:
             failures.append(f"{cell.name} seed {seed}: {status}")
         else:
             records.append(record)
+            folders.append(run_dir(plan.grid, cell, seed))
     runs = pd.DataFrame(records)
+    if records:
+        runs[ENTROPY] = attention_entropies(folders, plan.base["data"])
     results = aggregate(cell_rows(plan, measures), runs)
     paths = write_report(results, runs, plan.output, f"Ablation {plan.grid.name}", notes(plan, measures))
     print((plan.output / "results.md").read_text())
