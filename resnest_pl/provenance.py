@@ -157,7 +157,8 @@ def data_differences(recorded: Mapping[str, Any] | None, current: Mapping[str, A
 
 
 class RecordProvenance(Callback):
-    """Writes ``provenance.json`` (and ``code.diff``) into the run folder at setup, adds the record to every
+    """Writes ``provenance.json`` (and ``code.diff``) into the run folder at setup (only with a logger, as the
+    run folder is the logger's), adds the record to every
     checkpoint's run record, and warns in one line when a checkpoint evaluated on data other than it was trained
     on (another data fingerprint)."""
 
@@ -168,7 +169,7 @@ class RecordProvenance(Callback):
         code, diff = code_state()
         self.record = {"code": code, "environment": environment(trainer), "data": data_fingerprint(trainer.datamodule)}
         folder = trainer.log_dir  # every rank asks: it broadcasts the folder
-        if folder is None or not trainer.is_global_zero:
+        if folder is None or not trainer.loggers or not trainer.is_global_zero:
             return
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / FILE_NAME).write_text(json.dumps(self.record, indent=2) + "\n")

@@ -36,6 +36,11 @@ STEP = 10  # grey-level step between the solid-colour images
 CPU_STRATEGY = SimpleNamespace(root_device=torch.device("cpu"))
 
 
+def fit_trainer(**attributes: object) -> SimpleNamespace:
+    """A stand-in for a CPU trainer in fit, with no LightningModule (the data module's own settings apply)."""
+    return SimpleNamespace(lightning_module=None, state=SimpleNamespace(fn="fit"), strategy=CPU_STRATEGY, **attributes)
+
+
 def write_solid_tree(root: Path) -> Path:
     """``train/<wnid>/`` with 8 solid-colour JPEGs per class and ``val/<wnid>/`` with 2: the red level of an image
     names it (``STEP *`` its position in its split), whatever crop or flip the training pipeline draws."""
@@ -208,7 +213,7 @@ def _rank_orders(rank: int, shards: str, init_file: str, num_workers: int, queue
 
     def loader(state: dict | None = None, epoch: int = 0) -> object:
         module = ShardedDataModule(shards, **options)
-        module.trainer = SimpleNamespace(world_size=2, global_rank=rank, current_epoch=epoch, strategy=CPU_STRATEGY)  # type: ignore[assignment]
+        module.trainer = fit_trainer(world_size=2, global_rank=rank, current_epoch=epoch)  # type: ignore[assignment]
         if state:
             module.load_state_dict(state)
         module.setup("fit")
@@ -219,7 +224,7 @@ def _rank_orders(rank: int, shards: str, init_file: str, num_workers: int, queue
     resumed = [identities(b[0]) for b in loader({"shuffle_seed": 0, "epoch": 1, "batches_done": 1})]
     at_epoch_start = [identities(b[0]) for b in loader(epoch=1)]
     module = ShardedDataModule(shards, **options)
-    module.trainer = SimpleNamespace(world_size=2, global_rank=rank, strategy=CPU_STRATEGY)  # type: ignore[assignment]
+    module.trainer = fit_trainer(world_size=2, global_rank=rank)  # type: ignore[assignment]
     module.setup("validate")
     val = [i for b in module.val_dataloader() for i in identities(b[0])]
     queue.put((rank, epochs, resumed, at_epoch_start, val))
@@ -293,7 +298,7 @@ def test_resume_with_workers_from_shards_moved_elsewhere(solid: Path, tmp_path: 
 
     def epoch_one(root: Path, state: dict | None = None) -> list[list[int]]:
         module = ShardedDataModule(str(root), **options)
-        module.trainer = SimpleNamespace(world_size=1, global_rank=0, current_epoch=1, strategy=CPU_STRATEGY)  # type: ignore[assignment]
+        module.trainer = fit_trainer(world_size=1, global_rank=0, current_epoch=1)  # type: ignore[assignment]
         if state:
             module.load_state_dict(state)
         module.setup("fit")
