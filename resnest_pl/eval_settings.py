@@ -1,39 +1,19 @@
-"""How a model is evaluated: its variant's published evaluation, moved with the training crop.
-
-One rule for the CLI and for data modules built in Python: unless ``eval_crop_size`` is set, evaluation keeps the
-variant's published ratio of eval to train crop (1 for ResNeSt-50, 256/224, 320/256, 416/320 for -101, -200, -269)
-at the data's training crop, with the published crop_pct rule and interpolation at that size
-(:meth:`resnest_pl.models.Variant.eval_settings`). The ImageNet recipes, trained at their published crops, so
-evaluate exactly as published; a folder of 32-pixel images trained with ``crop_size: 32`` is evaluated near 32 px.
-"""
+"""The CLI's and data modules' use of the published evaluation (:mod:`resnest_pl.models.eval_config`, its one
+source): filling the parsed config so that ``config.yaml`` records the settings, and warning on an explicit eval
+crop far from the training crop."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from jsonargparse import Namespace
 
-from .models import get_variant
+from .models.eval_config import EVAL_KEYS, resolve_eval_settings
 
 log = logging.getLogger(__name__)
 
-EVAL_KEYS = ("eval_crop_size", "crop_pct", "interpolation")
 # An explicit eval crop further than this factor from the training crop is most likely a mistake.
 FAR_FACTOR = 2.0
-
-
-def published_eval_settings(model_name: str, crop_size: int) -> dict[str, Any]:
-    """``eval_crop_size``, ``crop_pct`` and ``interpolation`` of ``model_name`` trained at ``crop_size``."""
-    eval_crop, crop_pct, interpolation = get_variant(model_name).eval_settings(crop_size)
-    return {"eval_crop_size": eval_crop, "crop_pct": crop_pct, "interpolation": interpolation}
-
-
-def resolve_eval_settings(model_name: str, crop_size: int, requested: dict[str, Any]) -> dict[str, Any]:
-    """The settings in ``requested`` (keys of ``EVAL_KEYS``) with those left at None filled by
-    :func:`published_eval_settings`."""
-    published = published_eval_settings(model_name, crop_size)
-    return {key: published[key] if requested.get(key) is None else requested[key] for key in EVAL_KEYS}
 
 
 def warn_if_far(crop_size: int, eval_crop_size: int) -> None:

@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .model_card import model_card
 from .models import (
     IncompatibleCheckpointError,
@@ -30,6 +29,7 @@ from .models import (
     read_checkpoint,
     same_architecture,
 )
+from .models.eval_config import IMAGENET_MEAN, IMAGENET_STD
 from .models.twins import reference_name, timm_name
 from .models.weights import EXPORT_CONFIG, RUN_RECORD_KEY, extract_state_dict, has_ema, state_mismatch
 from .onnx_export import OPSET, check_onnx_available, write_onnx
@@ -87,7 +87,7 @@ def eval_settings(checkpoint: Mapping[str, Any], name: str) -> dict[str, Any]:
         **(checkpoint.get("datamodule_hyper_parameters") or {}),
         **(checkpoint.get(RUN_RECORD_KEY) or {}).get("data", {}),
     }
-    # A data module argument left at None means "the model's published setting" (resnest_pl.eval_settings).
+    # A data module argument left at None means "the model's published setting" (resnest_pl.models.eval_config).
     crop_pct = data.get("crop_pct")
     return {
         "mean": list(data.get("mean") or IMAGENET_MEAN),

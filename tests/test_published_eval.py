@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from resnest_pl.cli import main
 from resnest_pl.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataModule, ImageNetDataModule, normalize
-from resnest_pl.models import create_model, get_variant
+from resnest_pl.models import create_model, get_variant, resolve_eval_config
 from resnest_pl.module import ResNeStClassifier
 
 from .cli_config import parsed_config
@@ -213,3 +215,45 @@ def test_a_folder_of_32_pixel_images_trains_and_evaluates_at_32(tmp_path: Path, 
     rows = list(csv.DictReader(next((tmp_path / "run").rglob("metrics.csv")).open()))
     acc = [float(row["val/acc1"]) for row in rows if row.get("val/acc1")]
     assert acc[-1] >= 0.9  # chance is 1/3
+
+
+@pytest.mark.parametrize(
+    ("name", "crop", "expected"),
+    [
+        ("resnest50", None, (224, 224 / 256, "bicubic")),
+        ("resnest101", None, (256, 256 / 288, "bicubic")),
+        ("resnest200", None, (320, 320 / 352, "bicubic")),
+        ("resnest269", None, (416, 416 / 448, "bicubic")),
+        ("resnest14d", None, (224, 0.875, "bilinear")),
+        ("resnest26d", None, (224, 0.875, "bilinear")),
+        ("resnest14d", 32, (32, 0.875, "bilinear")),
+    ],
+)
+def test_resolve_eval_config_gives_the_published_evaluation(name: str, crop: int | None, expected: tuple) -> None:
+    config = resolve_eval_config(name, crop)
+    assert (config["eval_crop_size"], config["crop_pct"], config["interpolation"]) == pytest.approx(expected)
+    assert config["input_size"] == (3, expected[0], expected[0])
+    assert (config["mean"], config["std"]) == (IMAGENET_MEAN, IMAGENET_STD)
+
+
+def test_resolve_eval_config_is_the_data_modules_source(tmp_path: Path) -> None:
+    """The data module's settings at a model's setup are what the public function answers, explicit ones kept."""
+    root = write_colour_squares(tmp_path / "squares", per_class=2)
+    data = ImageFolderDataModule(str(root), crop_size=48, crop_pct=0.5)
+    data.use_model_eval_settings("resnest101")
+    expected = resolve_eval_config("resnest101", 48, crop_pct=0.5)
+    assert (data.eval_crop_size, data.crop_pct, data.interpolation) == (55, 0.5, "bicubic")
+    assert (expected["eval_crop_size"], expected["crop_pct"], expected["interpolation"]) == (55, 0.5, "bicubic")
+    with pytest.raises(TypeError, match="unknown evaluation settings"):
+        resolve_eval_config("resnest50", eval_crop=224)
+
+
+def test_resolve_eval_config_needs_torch_alone() -> None:
+    """Importable in a notebook or on a deployment box without Lightning, jsonargparse or albumentations."""
+    code = (
+        "import sys; from resnest_pl.models import resolve_eval_config; resolve_eval_config('resnest50'); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'pytorch_lightning', 'lightning', 'jsonargparse', "
+        "'albumentations', 'torchmetrics'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from torch.utils.data import Dataset
 
-from ..eval_settings import resolve_eval_settings, warn_if_far
+from ..eval_settings import warn_if_far
+from ..models.eval_config import resolve_eval_settings
 from . import transforms
 from .base import ImageDataModule, Split, as_triplet
 from .datasets import ImageFileDataset
@@ -93,7 +94,7 @@ class ImageNetRecipe:
 
     def use_model_eval_settings(self, model_name: str) -> None:
         """Fill the evaluation settings left at None with ``model_name``'s published rule at ``crop_size``
-        (:func:`resnest_pl.eval_settings.resolve_eval_settings`, the CLI's rule); done at setup for the trainer's
+        (:func:`resnest_pl.models.resolve_eval_config`, the CLI's rule); done at setup for the trainer's
         model, so that a data module built in Python evaluates as the CLI's would."""
         settings = resolve_eval_settings(model_name, self.crop_size, self._eval_requested)
         current = (self.eval_crop_size, self.crop_pct, self.interpolation)
@@ -151,7 +152,7 @@ class ImageFolderDataModule(ImageNetRecipe, ImageDataModule):
             runs on the CPU, before the crop). Val, test and predict decode on the CPU as usual.
 
     The three evaluation settings default to None: the model's published rule at ``crop_size``
-    (:mod:`resnest_pl.eval_settings`: the published ratio of eval to train crop, crop_pct rule and interpolation;
+    (:mod:`resnest_pl.models.eval_config`: the published ratio of eval to train crop, crop_pct rule and interpolation;
     at the published training crop, how its top-1 was measured). The CLI fills them from ``model.model_name``;
     built in Python, they are filled at setup from the trainer's model, and mean ``crop_size``, 0.875 and bicubic
     until then.

@@ -21,14 +21,15 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torchvision.transforms import v2
 
+from ..models.eval_config import IMAGENET_MEAN as IMAGENET_MEAN  # re-exported: the normalisation's one home
+from ..models.eval_config import IMAGENET_STD as IMAGENET_STD
+
 AutoAugmentName = Literal["none", "autoaugment", "randaugment", "trivialaugment"]
 AUTO_AUGMENT_NAMES: tuple[str, ...] = get_args(AutoAugmentName)
 Interpolation = Literal["bilinear", "bicubic"]
 EVAL_INTERPOLATIONS: dict[str, int] = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 DEFAULT_CROP_PCT = 0.875
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Principal components of ImageNet's RGB pixels (AlexNet's lighting noise, as in the ResNeSt training scripts).
 IMAGENET_PCA_EIGVAL = np.array([0.2175, 0.0188, 0.0045])
 IMAGENET_PCA_EIGVEC = np.array(
