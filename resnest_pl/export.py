@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Mapping, Sequence
 from os import PathLike
@@ -33,6 +34,9 @@ from .models.eval_config import IMAGENET_MEAN, IMAGENET_STD
 from .models.twins import reference_name, timm_name
 from .models.weights import EXPORT_CONFIG, RUN_RECORD_KEY, extract_state_dict, has_ema, state_mismatch
 from .onnx_export import OPSET, check_onnx_available, write_onnx
+from .provenance import data_differences
+
+log = logging.getLogger(__name__)
 
 FORMATS = {"safetensors": "model.safetensors", "pth": "model.pth", "onnx": "model.onnx"}
 # timm's pretrained_cfg keys that say where the trunk starts and the classifier is (its resnest entries').
@@ -143,6 +147,23 @@ def _architecture(checkpoint: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     return hparams["model_name"], dict(hparams.get("model_overrides") or {})
 
 
+def _data_record(checkpoint: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    return ((checkpoint.get(RUN_RECORD_KEY) or {}).get("provenance") or {}).get("data")
+
+
+def warn_on_other_data(main: Mapping[str, Any], other: Mapping[str, Any], source: str | PathLike) -> None:
+    """One warning line when a checkpoint to average was trained on other data than the main one (their
+    provenance's data fingerprints differ): an average across data sets is seldom meant."""
+    differences = data_differences(_data_record(other), _data_record(main))
+    if differences:
+        log.warning(
+            "warning: %s was trained on other data than the checkpoint it is averaged with (differing: %s); "
+            "average checkpoints of one run",
+            source,
+            ", ".join(differences),
+        )
+
+
 def export(
     checkpoint: str | PathLike,
     out: str | PathLike,
@@ -169,6 +190,7 @@ def export(
                 f"{source} is {describe_model(*theirs)} but {checkpoint} is {describe_model(*_architecture(main))}; "
                 "average checkpoints of one run"
             )
+        warn_on_other_data(main, other, source)
         states.append(select_weights(other, weights, source))
     states.append(select_weights(main, weights, checkpoint))
     state = average_states(states, sources) if len(states) > 1 else states[0]

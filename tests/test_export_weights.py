@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -127,9 +128,25 @@ def test_average_is_the_mean_of_the_checkpoints(run: Path, tmp_path: Path) -> No
 
     other = _load(first)
     other["hyper_parameters"]["model_name"] = "resnest26d"
+    assert other["resnest_pl"]["provenance"]["data"]["splits"]["train"]["samples"] > 0
     torch.save(other, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match=r"other.ckpt is resnest26d but .*epoch1.ckpt is resnest14d"):
         export(second, tmp_path / "bad", average=[tmp_path / "other.ckpt"])
+
+
+def test_averaging_checkpoints_of_other_data_is_one_warning(run: Path, tmp_path: Path, caplog) -> None:
+    first, second = run / "epoch0.ckpt", run / "epoch1.ckpt"
+    with caplog.at_level(logging.WARNING, logger="resnest_pl.export"):
+        export(second, tmp_path / "same", average=[first])
+        assert not caplog.records  # one run: the same data
+        other = _load(first)
+        other["resnest_pl"]["provenance"]["data"]["splits"]["train"]["sha256"] = "0" * 64
+        torch.save(other, tmp_path / "other_data.ckpt")
+        export(second, tmp_path / "mixed", average=[tmp_path / "other_data.ckpt"])
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert message.startswith("warning: ") and "other_data.ckpt was trained on other data" in message
+    assert "differing: train files" in message and "\n" not in message
 
 
 def test_pth_format_is_a_plain_state_dict(run: Path, tmp_path: Path) -> None:
