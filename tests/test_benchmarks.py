@@ -46,6 +46,7 @@ def test_unknown_config_is_refused() -> None:
     assert "unknown --configs fp64" in done.stderr
 
 
+@pytest.mark.slow
 def test_host_memory_benchmark_compares_plain_and_kept_children() -> None:
     out = run_benchmark(
         *("--model", "resnest14d", "--batch", "2", "--image-size", "32", "--steps", "1", "--warmup", "0"),
@@ -66,6 +67,7 @@ def rows_by_item(results: dict, part: str) -> dict[str, dict]:
     return {row["item"]: row for row in results["rows"] if row["part"] == part}
 
 
+@pytest.mark.slow
 def test_gpu_suite_measures_every_model_and_layout(tmp_path: Path) -> None:
     results = gpu_suite(tmp_path, "--parts", "train,infer")
     markdown = (tmp_path / "results.md").read_text()
@@ -115,6 +117,7 @@ def test_gpu_suite_fits_the_quick_start_with_the_gpu_presets(tmp_path: Path) -> 
     )
 
 
+@pytest.mark.slow
 def test_gpu_suite_skips_what_the_budget_cannot_hold(tmp_path: Path) -> None:
     results = gpu_suite(tmp_path, "--budget-s", "1")  # the probe needs no time, each item 1.5 s or more
     assert results["rows"][0]["status"] == "ok" and results["rows"][0]["tflops"] > 0

@@ -236,6 +236,7 @@ def test_ckpt_path_whose_weights_do_not_fit_is_one_line(
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
 
 
+@pytest.mark.slow
 def test_resuming_last_keeps_the_checkpoints_architecture(tmp_path: Path, capsys) -> None:
     """``--ckpt_path last`` resolves to the file, and LightningCLI then takes the model's settings from the
     checkpoint's hyper-parameters: another width on the command line cannot break a resume."""

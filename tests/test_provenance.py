@@ -101,6 +101,7 @@ def test_run_folder_checkpoint_and_export_carry_the_provenance(tmp_path: Path, c
             assert "val files" in messages[0] and "\n" not in messages[0]
 
 
+@pytest.mark.slow
 def test_the_cost_benchmark_fingerprints_its_whole_listing() -> None:
     script = SOURCE_ROOT / "benchmarks" / "provenance_cost.py"
     args = [sys.executable, str(script), "--files", "60", "--classes", "3", "--repeats", "1"]

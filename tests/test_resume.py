@@ -215,6 +215,7 @@ def test_every_n_minutes_saves_during_the_epoch(tmp_path: Path, capsys) -> None:
     assert load(root / "checkpoints" / "last.ckpt")["global_step"] == 3
 
 
+@pytest.mark.slow
 def test_a_process_killed_while_writing_last_leaves_the_previous_one_whole(tmp_path: Path) -> None:
     root = tmp_path / "run"
     kill = ["--trainer.callbacks+=tests.interrupt.KillDuringSave", "--trainer.callbacks.step", "4"]

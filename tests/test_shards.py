@@ -231,6 +231,7 @@ def _rank_orders(rank: int, shards: str, init_file: str, num_workers: int, queue
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_ranks_share_each_epoch_and_resume_mid_epoch(solid: Path, tmp_path: Path) -> None:
     """Two gloo processes: every training image exactly once per epoch across the ranks, a new order each epoch;
     a loader restored after one batch of epoch 1 yields the rest of that epoch; val is split in halves."""

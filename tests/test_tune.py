@@ -174,6 +174,7 @@ def test_bad_commands_are_refused_before_any_trial(
     assert not (tmp_path / "study").exists()
 
 
+@pytest.mark.slow
 def test_an_interrupted_trial_is_run_again_with_its_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out, space = tmp_path / "study", write_space(tmp_path, {LR: SPACE[LR]})
 
