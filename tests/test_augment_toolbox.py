@@ -221,11 +221,11 @@ def test_data_module_uses_the_repeated_sampler() -> None:
     assert len(repeated) == 1280 // 64  # 1437 images rounded down to a multiple of 256
 
 
-# ---- the README's switch table ------------------------------------------------------------------------------------
+# ---- the documented switch table (docs/training.md) ----------------------------------------------------------------
 
 
-def test_every_switch_of_the_readme_table_is_a_config_key() -> None:
-    rows = markdown_table((ROOT / "README.md").read_text(), "| switch (CLI key) |")
+def test_every_switch_of_the_documented_table_is_a_config_key() -> None:
+    rows = markdown_table((ROOT / "docs" / "training.md").read_text(), "| switch (CLI key) |")
     keys = [row["switch (CLI key)"].strip("`") for row in rows]
     assert {"model.erase_prob", "model.erase_mode", "model.erase_count", "data.aug_repeats"} <= set(keys)
     assert {"data.auto_augment", "data.randaugment_ops", "data.randaugment_magnitude"} <= set(keys)

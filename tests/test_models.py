@@ -67,9 +67,9 @@ def reference_constructor(name: str) -> Callable[[], nn.Module] | None:
 
 
 def readme_variant_table() -> list[str]:
-    """The lines of the README's variant table."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("### Variant table", 1)[1].split("\n## ", 1)[0]
+    """The lines of the variant table in docs/backbone.md."""
+    text = (ROOT / "docs" / "backbone.md").read_text()
+    section = text.split("## Variant table", 1)[1].split("\n## ", 1)[0]
     return [line for line in section.splitlines() if line.startswith("|")]
 
 

@@ -1,4 +1,4 @@
-"""The ImageNet configs, as the CLI resolves them, against the recipe tables of the README and docs/recipe.md."""
+"""The ImageNet configs, as the CLI resolves them, against the recipe tables of docs/training.md and docs/recipe.md."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def by_model(rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:
     return {row["model"].replace("ResNeSt-", "resnest"): row for row in rows}
 
 
-README = by_model(markdown_table((ROOT / "README.md").read_text(), "| model | paper's total batch |"))
+README = by_model(markdown_table((ROOT / "docs" / "training.md").read_text(), "| model | paper's total batch |"))
 DOCS_TEXT = (ROOT / "docs" / "recipe.md").read_text()
 DOCS = by_model(markdown_table(DOCS_TEXT, "| model | epochs |"))
 DOCS_TRAINING = {row["what"]: row["value"] for row in markdown_table(DOCS_TEXT, "| what | value |")}
