@@ -50,6 +50,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..errors import user_errors
 from .errors import DatasetNotFoundError
 from .image_folder import ImageFolderDataModule
 
@@ -204,17 +205,10 @@ def main(args: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=16, help="files read concurrently")
     options = parser.parse_args(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from ..cli import DEBUG_ENV, USER_ERRORS
-
-    try:
+    with user_errors(ValueError, FileNotFoundError):  # DataLayoutError, DatasetNotFoundError, an existing --out
         out = convert(
             options.root, options.out, options.val_fraction, options.seed, options.chunk_bytes, options.threads
         )
-    except USER_ERRORS as err:
-        if os.environ.get(DEBUG_ENV):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
     print(f"shards written to {out}; train with --data resnest_pl.data.ShardedDataModule --data.root {out}")
 
 
