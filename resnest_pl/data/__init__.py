@@ -5,9 +5,9 @@ Every train / val / test batch is ``(images, targets, num_skipped)`` and every p
 device; see :class:`ImageDataModule`.
 """
 
-from .base import ImageDataModule
 from .cifar import CIFAR10DataModule, CIFAR100DataModule
 from .collate import SkipUnreadable
+from .datamodule import ImageDataModule
 from .datasets import ArrayDataset, ImageFileDataset
 from .decode import decode_image, read_image
 from .digits import DigitsDataModule
