@@ -14,7 +14,7 @@ from resnest_pl.errors import DEBUG_ENV, user_errors
 
 from .helpers import CONFIGS, ROOT, assert_one_error_line
 
-COMMANDS = ["cli", "data.shard", "data.digit_folder", "export", "inspect", "ablation", "tune", "models"]
+COMMANDS = ["cli", "data.shards", "data.write_digit_folder", "export", "inspect", "ablation", "tune", "models"]
 
 
 def bad_commands(tmp: Path) -> dict[str, tuple[list[str], str]]:
@@ -28,8 +28,8 @@ def bad_commands(tmp: Path) -> dict[str, tuple[list[str], str]]:
             ["validate", "--config", quickstart, "--ckpt_path", "last", "--run_dir", str(tmp / "run")],
             "--ckpt_path last: no checkpoint at",
         ),
-        "data.shard": (["--root", missing, "--out", str(tmp / "shards")], f"data root {missing} does not exist"),
-        "data.digit_folder": ([str(tmp / "taken")], f"{tmp / 'taken'} exists and is not empty"),
+        "data.shards": (["--root", missing, "--out", str(tmp / "shards")], f"data root {missing} does not exist"),
+        "data.write_digit_folder": ([str(tmp / "taken")], f"{tmp / 'taken'} exists and is not empty"),
         "export": ([f"{missing}.ckpt", "--out", str(tmp / "out")], f"weights file {missing}.ckpt does not exist"),
         "inspect": ([f"{missing}.ckpt", "--images", str(tmp)], f"checkpoint {missing}.ckpt does not exist"),
         "ablation": (["--config", f"{missing}.yaml"], f"grid file {missing}.yaml not found"),

@@ -15,8 +15,8 @@ from .errors import DataLayoutError, DatasetNotFoundError
 from .image_folder import ImageFolderDataModule
 from .imagenet import ImageNetDataModule
 from .scan import IMAGE_EXTENSIONS, find_images, scan_class_folders
-from .shard import convert as convert_to_shards
-from .sharded import ShardedDataModule
+from .shards.datamodule import ShardedDataModule
+from .shards.write import convert as convert_to_shards
 from .split import stratified_split
 from .transforms import (
     IMAGENET_MEAN,

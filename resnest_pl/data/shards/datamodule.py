@@ -1,4 +1,4 @@
-"""Training and evaluation from the streaming shards written by ``python -m resnest_pl.data.shard``."""
+"""Training and evaluation from the streaming shards written by ``python -m resnest_pl.data.shards``."""
 
 from __future__ import annotations
 
@@ -11,13 +11,12 @@ from litdata.streaming import StreamingDataLoader, StreamingDataset
 from litdata.streaming.sampler import ChunkedIndex
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .datamodule import ImageDataModule, Split
-from .datasets import Replacement, Sample
-from .decode import decode_image
-from .recipe import ImageNetRecipe
-from .resumable import sample_seed, scheduled_transform
-from .shard import read_meta
-from .transforms import (
+from ..datamodule import ImageDataModule, Split
+from ..datasets import Replacement, Sample
+from ..decode import decode_image
+from ..recipe import ImageNetRecipe
+from ..resumable import sample_seed, scheduled_transform
+from ..transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     RANDAUGMENT_MAGNITUDE,
@@ -26,6 +25,7 @@ from .transforms import (
     ImageTransform,
     Interpolation,
 )
+from .format import read_meta
 
 logger = logging.getLogger(__name__)
 
@@ -163,11 +163,11 @@ class TrainLoader(StreamingDataLoader):
 
 
 class ShardedDataModule(ImageNetRecipe, ImageDataModule):
-    """Training and evaluation from streaming shards (``python -m resnest_pl.data.shard``), local or remote.
+    """Training and evaluation from streaming shards (``python -m resnest_pl.data.shards``), local or remote.
 
     The same transforms, batches, class names and evaluation settings as :class:`~resnest_pl.data.ImageNetDataModule`
     and :class:`~resnest_pl.data.ImageFolderDataModule`; the shards are read by ``litdata`` (why: see
-    ``resnest_pl/data/shard.py``). Training is shuffled by chunk, then by sample within chunks, from the run's
+    ``resnest_pl/data/shards/format.py``). Training is shuffled by chunk, then by sample within chunks, from the run's
     seed and the epoch; every sample's augmentations are seeded by ``(seed, epoch, index)``, the same as the file
     modules' for the same image.
 

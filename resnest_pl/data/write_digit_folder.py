@@ -1,4 +1,4 @@
-"""``python -m resnest_pl.data.digit_folder OUT [--task parity]``: the digits as a class-folder image set.
+"""``python -m resnest_pl.data.write_digit_folder OUT [--task parity]``: the digits as a class-folder image set.
 
 A small, offline data set in the layout :class:`ImageFolderDataModule` reads (``OUT/train/<class>/*.png``,
 ``OUT/val/<class>/*.png``), for trying fine-tuning on the CPU: a quick-start checkpoint trained on the ten digits
@@ -48,7 +48,9 @@ def write_digit_folder(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line; a bad input ends as :mod:`resnest_pl.errors` says (one ``error:`` line, exit status 2)."""
-    parser = argparse.ArgumentParser(prog="python -m resnest_pl.data.digit_folder", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m resnest_pl.data.write_digit_folder", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("out", help="folder to create (must be new or empty)")
     parser.add_argument("--task", choices=tuple(TASKS), default="parity", help="classes: even/odd, or the digits")
     parser.add_argument("--image-size", type=int, default=32, help="side of the square images (default 32)")
