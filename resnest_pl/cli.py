@@ -25,7 +25,7 @@ from .callbacks import KeepHostMemory
 from .checkpointing import HPC_PATTERN, LAST_NAME, LastCheckpoint, check_checkpoint_file
 from .cli_errors import OneLineErrorParser, explain_gpu_missing
 from .data import DataLayoutError, DatasetNotFoundError, ImageDataModule
-from .errors import user_error_message, user_errors
+from .errors import report, user_error_message
 from .eval_settings import fill_published_eval_settings
 from .loggers import finish_loggers, start_loggers
 from .models import IncompatibleCheckpointError, WeightsDownloadError
@@ -210,27 +210,28 @@ def explain_user_error(err: BaseException) -> str:
 
 def main(args: list[str] | None = None) -> None:
     """Run the CLI; a user error ends as :mod:`resnest_pl.errors` says (one ``error:`` line, exit status 2)."""
-    with user_errors(*USER_ERRORS, explain=explain_user_error):
-        try:
-            ResNeStCLI(
-                ResNeStClassifier,
-                ImageDataModule,
-                subclass_mode_data=True,
-                save_config_callback=LoggedConfigCallback,
-                save_config_kwargs={"overwrite": True},
-                parser_class=OneLineErrorParser,
-                trainer_defaults={"callbacks": default_callbacks()},
-                args=args,
-            )
-            # Lightning leaves the process group up; tearing it down here avoids gloo's threads aborting the
-            # interpreter's exit ("terminate called without an active exception") after a finished DDP run.
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.destroy_process_group()
-        except SIGTERMException as stop:
-            # Lightning stops the loop cleanly after SIGTERM (LastCheckpoint has saved the step); exit as a
-            # process ended by that signal would, so that a scheduler or a shell sees the run did not finish.
-            print("stopped by SIGTERM; resume with the same command and --ckpt_path last", file=sys.stderr)
-            raise SystemExit(128 + signal.SIGTERM) from stop
+    try:
+        ResNeStCLI(
+            ResNeStClassifier,
+            ImageDataModule,
+            subclass_mode_data=True,
+            save_config_callback=LoggedConfigCallback,
+            save_config_kwargs={"overwrite": True},
+            parser_class=OneLineErrorParser,
+            trainer_defaults={"callbacks": default_callbacks()},
+            args=args,
+        )
+        # Lightning leaves the process group up; tearing it down here avoids gloo's threads aborting the
+        # interpreter's exit ("terminate called without an active exception") after a finished DDP run.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    except SIGTERMException as stop:
+        # Lightning stops the loop cleanly after SIGTERM (LastCheckpoint has saved the step); exit as a process
+        # ended by that signal would, so that a scheduler or a shell sees the run did not finish.
+        print("stopped by SIGTERM; resume with the same command and --ckpt_path last", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from stop
+    except USER_ERRORS as err:
+        raise SystemExit(report(err, explain_user_error(err))) from err
 
 
 if __name__ == "__main__":
