@@ -12,7 +12,6 @@ import importlib
 import os
 import signal
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from .callbacks import KeepHostMemory
 from .checkpointing import HPC_PATTERN, LAST_NAME, LastCheckpoint, check_checkpoint_file
 from .cli_errors import OneLineErrorParser, explain_gpu_missing
 from .data import DataLayoutError, DatasetNotFoundError, ImageDataModule
+from .errors import report, user_error_message
 from .eval_settings import fill_published_eval_settings
 from .loggers import finish_loggers, start_loggers
 from .models import IncompatibleCheckpointError, WeightsDownloadError
@@ -44,7 +44,6 @@ USER_ERRORS = (
     MisconfigurationException,  # Lightning's, for impossible Trainer settings (e.g. gradient_clip_algorithm)
     RunFolderError,
 )
-DEBUG_ENV = "RESNEST_PL_DEBUG"
 
 
 class LoggedConfigCallback(SaveConfigCallback):
@@ -203,24 +202,14 @@ def configured_callback_classes(callbacks: Any) -> set[type]:
     return classes
 
 
-def user_error_message(err: BaseException) -> str:
-    """The message of the error that describes the problem: jsonargparse wraps errors raised while it
-    instantiates a class (a missing data set, say) in its own; the original, raised by this package,
-    is further down the chain."""
-    package = Path(__file__).resolve().parent
-    chain: BaseException | None = err
-    while chain is not None:
-        frames = traceback.extract_tb(chain.__traceback__)
-        raised_here = bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(package)
-        if chain is not err and (type(chain).__module__.startswith("resnest_pl") or raised_here):
-            return str(chain)
-        chain = chain.__cause__ or chain.__context__
-    return str(err)
+def explain_user_error(err: BaseException) -> str:
+    """The ``error:`` line of a user error: its own message, or the fix for a GPU preset on a machine without one."""
+    message = user_error_message(err)
+    return explain_gpu_missing(message) or message
 
 
 def main(args: list[str] | None = None) -> None:
-    """Run the CLI; a user error ends with one ``error:`` line and exit status 2 (set
-    ``RESNEST_PL_DEBUG=1`` for the traceback)."""
+    """Run the CLI; a user error ends as :mod:`resnest_pl.errors` says (one ``error:`` line, exit status 2)."""
     try:
         ResNeStCLI(
             ResNeStClassifier,
@@ -242,11 +231,7 @@ def main(args: list[str] | None = None) -> None:
         print("stopped by SIGTERM; resume with the same command and --ckpt_path last", file=sys.stderr)
         raise SystemExit(128 + signal.SIGTERM) from stop
     except USER_ERRORS as err:
-        if os.environ.get(DEBUG_ENV):
-            raise
-        message = user_error_message(err)
-        print(f"error: {explain_gpu_missing(message) or message}", file=sys.stderr)
-        raise SystemExit(2) from err
+        raise SystemExit(report(err, explain_user_error(err))) from err
 
 
 if __name__ == "__main__":

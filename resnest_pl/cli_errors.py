@@ -1,5 +1,6 @@
 """Parse errors of the CLI as one ``error:`` line: an unknown key names the nearest valid one, a missing ``--config``
-file the nearest existing file; the usage is printed by ``--help`` only."""
+file the nearest existing file; the usage is printed by ``--help`` only. The CLI's own formatter of its parser's
+messages; the line is printed and the exit status set by :mod:`resnest_pl.errors`, as for every command."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import difflib
 import importlib
 import inspect
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -17,6 +17,7 @@ from typing import NoReturn
 from jsonargparse import ArgumentParser
 from pytorch_lightning.cli import LightningArgumentParser
 
+from .errors import fail
 from .models.config import ResNeStConfig
 
 OVERRIDES_KEY = "model.model_overrides"
@@ -117,5 +118,4 @@ class OneLineErrorParser(LightningArgumentParser):
         if not self.exit_on_error:
             ArgumentParser.error(self, message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
-        print(f"error: {explain_parse_error(message, parser)}", file=sys.stderr)
-        raise SystemExit(2)
+        fail(explain_parse_error(message, parser))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .errors import user_errors
 from .model_card import model_card
 from .models import (
     IncompatibleCheckpointError,
@@ -215,7 +215,7 @@ def export(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line; a bad input ends with one ``error:`` line and exit status 2."""
+    """Command line; a bad input ends as :mod:`resnest_pl.errors` says (one ``error:`` line, exit status 2)."""
     parser = argparse.ArgumentParser(prog="python -m resnest_pl.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a checkpoint of a resnest_pl run (e.g. runs/x/checkpoints/last.ckpt)")
     parser.add_argument("--out", required=True, help="folder to write model.safetensors, config.json, README.md")
@@ -238,11 +238,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"(opset {OPSET}, dynamic batch), checked against PyTorch in onnxruntime",
     )
     args = parser.parse_args(argv)
-    try:
+    with user_errors(ValueError, OSError):
         path = export(args.checkpoint, args.out, args.weights, args.average, args.fmt)
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
     print(f"wrote {path}, {path.parent / EXPORT_CONFIG} and {path.parent / 'README.md'}")
     if args.fmt == "onnx":
         onnx = json.loads((path.parent / EXPORT_CONFIG).read_text())["onnx"]

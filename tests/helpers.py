@@ -123,6 +123,14 @@ def quickstart_command(tmp_path: Path, subcommand: str, *extra: str) -> list[str
     ]
 
 
+def assert_one_error_line(code: int, err: str, starts: str = "") -> None:
+    """The error policy of every command: exit status 2, no traceback, one ``error:`` line, the last."""
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert "Traceback" not in err and lines[-1].startswith(f"error: {starts}"), err
+    assert sum(line.startswith("error:") for line in lines) == 1, err
+
+
 def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
     """Run the CLI in this process; returns the exit status and stderr."""
     try:

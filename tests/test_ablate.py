@@ -21,12 +21,12 @@ import pytest
 import torch
 import yaml
 
-from resnest_pl.ablation import launch
+from resnest_pl import launch
 from resnest_pl.ablation.grid import GridError, GridFile, expand_cells
-from resnest_pl.ablation.launch import Launch
 from resnest_pl.ablation.report import attention_entropies, attention_entropy, validation_sample
 from resnest_pl.ablation.run import main as ablation_main
 from resnest_pl.cli import main as cli_main
+from resnest_pl.launch import Launch
 
 from .helpers import write_run_checkpoint
 

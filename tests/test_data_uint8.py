@@ -21,7 +21,7 @@ from pytorch_lightning.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset
 
 from resnest_pl.data import CIFAR10DataModule, DigitsDataModule, ImageDataModule, ImageNetDataModule
-from resnest_pl.data.base import init_worker
+from resnest_pl.data.datamodule import init_worker
 from resnest_pl.data.resumable import ResumableSampler
 from resnest_pl.data.transforms import IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC, ImageTransform, PCALighting
 from resnest_pl.module import ResNeStClassifier

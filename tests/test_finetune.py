@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from resnest_pl.cli import main
 from resnest_pl.data import DigitsDataModule
-from resnest_pl.data.digit_folder import main as digit_folder_main
-from resnest_pl.data.digit_folder import write_digit_folder
+from resnest_pl.data.write_digit_folder import main as digit_folder_main
+from resnest_pl.data.write_digit_folder import write_digit_folder
 from resnest_pl.finetune import STAGE_NAMES, FreezeBackbone, layer_depth
 from resnest_pl.module import NesterovSGD, ResNeStClassifier, parameter_groups
 

@@ -18,6 +18,7 @@ from resnest_pl.models import IncompatibleCheckpointError, get_variant
 from resnest_pl.module import ResNeStClassifier
 from resnest_pl.prediction import PredictionCSVWriter
 
+from . import helpers
 from .fixtures import write_images, write_jpeg_tree
 from .helpers import (
     CONFIGS,
@@ -40,10 +41,7 @@ def quickstart(tmp_path: Path, subcommand: str, *extra: str) -> list[str]:
 
 
 def assert_one_error_line(code: int, err: str, starts: str) -> None:
-    lines = err.strip().splitlines()
-    assert code == 2, err
-    assert "Traceback" not in err and lines[-1].startswith(f"error: {starts}"), err
-    assert sum(line.startswith("error:") for line in lines) == 1, err
+    helpers.assert_one_error_line(code, err, starts)
     assert "weights_only" not in err
 
 

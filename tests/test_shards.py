@@ -22,8 +22,9 @@ from PIL import Image
 from pytorch_lightning.callbacks import Callback
 
 from resnest_pl.data import DatasetNotFoundError, ImageFolderDataModule, ShardedDataModule, convert_to_shards
-from resnest_pl.data import shard as shard_module
 from resnest_pl.data.resumable import sample_seed
+from resnest_pl.data.shards import write as shard_writer
+from resnest_pl.data.shards.__main__ import main as shard_command
 
 from .cli_config import parsed_config
 from .fixtures import WNIDS, write_broken_images, write_jpeg_tree
@@ -161,7 +162,7 @@ def test_converter_user_errors_are_one_line(tmp_path: Path, capsys: pytest.Captu
     for root, message in [*cases.items(), (str(tmp_path / "ok"), "exists already")]:
         out = tmp_path / ("taken" if message == "exists already" else "new")
         with pytest.raises(SystemExit) as exit_:
-            shard_module.main(["--root", root, "--out", str(out)])
+            shard_command(["--root", root, "--out", str(out)])
         assert exit_.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("error: ") and message in err[-1] and "Traceback" not in "\n".join(err)
@@ -171,7 +172,7 @@ def test_converter_user_errors_are_one_line(tmp_path: Path, capsys: pytest.Captu
 def test_an_interrupted_conversion_never_loads_as_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     images = write_jpeg_tree(tmp_path / "images", {"train": 4, "val": 2})
     out = tmp_path / "shards"
-    read = shard_module.read_bytes
+    read = shard_writer.read_bytes
     calls = []
 
     def killed_mid_val(path: str) -> bytes:  # the whole train split written, then the process dies
@@ -180,13 +181,13 @@ def test_an_interrupted_conversion_never_loads_as_complete(tmp_path: Path, monke
             raise KeyboardInterrupt
         return read(path)
 
-    monkeypatch.setattr(shard_module, "read_bytes", killed_mid_val)
+    monkeypatch.setattr(shard_writer, "read_bytes", killed_mid_val)
     with pytest.raises(KeyboardInterrupt):
         convert_to_shards(images, out, threads=1)
     assert not out.exists() and (tmp_path / "shards.partial" / "train" / "index.json").is_file()
     with pytest.raises(DatasetNotFoundError, match=r"shards\.partial is an interrupted conversion"):
         ShardedDataModule(str(out))
-    monkeypatch.setattr(shard_module, "read_bytes", read)
+    monkeypatch.setattr(shard_writer, "read_bytes", read)
     convert_to_shards(images, out)  # starts again, over the partial folder
     assert not (tmp_path / "shards.partial").exists()
     assert ShardedDataModule(str(out)).num_samples == {"train": 12, "val": 6}

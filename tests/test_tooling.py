@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import configparser
 import re
+from pathlib import Path
 
 import yaml
 from packaging.requirements import Requirement
@@ -101,3 +103,32 @@ def test_the_digits_grid_states_the_documented_measured_time() -> None:
     assert measured, "the documented CPU grid time"
     header = (ROOT / "configs" / "ablation" / "digits.yaml").read_text().split("\nname:")[0]
     assert f"took {measured.group(1)}" in header and "minutes" not in header
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The dotted names ``path`` (a module of resnest_pl) imports, relative imports resolved; ``from X import y``
+    counts as both ``X`` and ``X.y``."""
+    module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    package = module.removesuffix(".__init__") if path.name == "__init__.py" else module.rpartition(".")[0]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}".rstrip(".")
+            names |= {base, *(f"{base}.{alias.name}" for alias in node.names)}
+    return names
+
+
+def test_no_module_below_the_cli_imports_it() -> None:
+    # The CLI's own module, and the launcher with which the ablation and tune runners (above the CLI) drive it.
+    drivers = {"resnest_pl.cli", "resnest_pl.launch"}
+    importers = sorted(
+        ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for path in (ROOT / "resnest_pl").rglob("*.py")
+        if any(name == "resnest_pl.cli" or name.startswith("resnest_pl.cli.") for name in imported_modules(path))
+    )
+    assert set(importers) <= drivers, importers

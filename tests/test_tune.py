@@ -17,7 +17,7 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from resnest_pl.ablation.commands import resolve
+from resnest_pl.launch import resolve
 from resnest_pl.tune import TuneError, trials
 from resnest_pl.tune.command import main
 from resnest_pl.tune.pruning import PRUNED_AT, ReportToStudy

@@ -1,30 +1,18 @@
-"""The ordinary ``python -m resnest_pl.cli fit`` command line of each cell-seed, and the CLI's own check of it."""
+"""The ordinary ``python -m resnest_pl.cli fit`` command line of each cell-seed."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import shlex
-import warnings
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from .. import cli
-from .grid import Cell, GridError, GridFile, compact
+from ..launch import cli_value
+from .grid import Cell, GridFile, compact
 
 CLI = ["python", "-m", "resnest_pl.cli"]
 LOG_NAME = "csv_logs"
 # Written into a run's folder by the emitted SLURM script once the run's fit command exited with 0; holds that
 # command line, so that the runner adopts the run instead of starting it again.
 EXTERNAL_DONE = "fit.done"
-
-
-def cli_value(value: Any) -> str:
-    """A YAML value as one command-line argument (jsonargparse reads JSON for lists, dicts, booleans, null)."""
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 def grid_args(grid: GridFile, presets: tuple[str, ...] = ()) -> list[str]:
@@ -66,20 +54,3 @@ def fit_args(grid: GridFile, cell: Cell, seed: int) -> list[str]:
 def command_line(grid: GridFile, cell: Cell, seed: int) -> str:
     """The shell line of one cell-seed's fit, as the SLURM listing holds it."""
     return shlex.join([*CLI, *fit_args(grid, cell, seed)])
-
-
-def resolve(args: list[str]) -> dict[str, Any]:
-    """The fully resolved config of a CLI command line, from the CLI itself (``--print_config``, in this
-    process, instantiating nothing); raises :class:`GridError` with the CLI's message when it does not parse."""
-    out, err = io.StringIO(), io.StringIO()
-    code: int | str | None = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # in-process use is the point
-        try:
-            cli.main([*args, "--print_config"])
-        except SystemExit as exit_:
-            code = exit_.code
-    if code not in (0, None):
-        message = err.getvalue().rpartition("error: ")[2] or err.getvalue()
-        raise GridError(f"the fit command does not parse: {' '.join(message.split())}")
-    return yaml.safe_load(out.getvalue())

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -35,18 +34,10 @@ import pandas as pd
 import torch
 from pytorch_lightning.cli import instantiate_class
 
-from ..cli import DEBUG_ENV, USER_ERRORS
-from . import launch
-from .commands import (
-    EXTERNAL_DONE,
-    LOG_NAME,
-    cli_value,
-    command_line,
-    fit_args,
-    grid_args,
-    resolve,
-    run_dir,
-)
+from .. import launch
+from ..errors import interrupted, report
+from ..launch import USER_ERRORS, FitCommandError, cli_value, last_line, resolve
+from .commands import EXTERNAL_DONE, LOG_NAME, command_line, fit_args, grid_args, run_dir
 from .emit import sweep_run_args, write_slurm, write_sweep
 from .grid import Cell, GridError, GridFile, compact, expand_cells, load_grid
 from .measure import complexity, throughput
@@ -223,12 +214,6 @@ def timing_device() -> str:
     return f"CPU, torch threads {torch.get_num_threads()}"
 
 
-def last_line(log: Path) -> str:
-    """The last non-empty line of a run's log: the CLI's ``error:`` line or the exception of a traceback."""
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1] if lines else "(empty log)"
-
-
 def run_one(plan: Plan, cell: Cell, seed: int) -> tuple[dict[str, Any] | None, str]:
     """Run one cell-seed unless it finished before, here or as a task of the emitted SLURM array; returns its
     record (None when it failed) and a status."""
@@ -349,14 +334,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         check_outputs(plan)
         failures = run_grid(plan)
-    except GridError as err:
-        if os.environ.get(DEBUG_ENV):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (GridError, FitCommandError) as err:
+        return report(err)
     except KeyboardInterrupt as interrupt:
-        print("\ninterrupted: run the same command again to finish the remaining runs", file=sys.stderr)
-        return 128 + getattr(interrupt, "signum", signal.SIGINT)
+        return interrupted(interrupt, "run the same command again to finish the remaining runs")
     if failures:
         print(f"{len(failures)} of {len(plan.runs)} runs failed:\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1

@@ -5,9 +5,9 @@ Every train / val / test batch is ``(images, targets, num_skipped)`` and every p
 device; see :class:`ImageDataModule`.
 """
 
-from .base import ImageDataModule
 from .cifar import CIFAR10DataModule, CIFAR100DataModule
 from .collate import SkipUnreadable
+from .datamodule import ImageDataModule
 from .datasets import ArrayDataset, ImageFileDataset
 from .decode import decode_image, read_image
 from .digits import DigitsDataModule
@@ -15,8 +15,8 @@ from .errors import DataLayoutError, DatasetNotFoundError
 from .image_folder import ImageFolderDataModule
 from .imagenet import ImageNetDataModule
 from .scan import IMAGE_EXTENSIONS, find_images, scan_class_folders
-from .shard import convert as convert_to_shards
-from .sharded import ShardedDataModule
+from .shards.datamodule import ShardedDataModule
+from .shards.write import convert as convert_to_shards
 from .split import stratified_split
 from .transforms import (
     IMAGENET_MEAN,

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets import CIFAR10, CIFAR100
 
 from . import transforms
-from .base import ImageDataModule, Split
+from .datamodule import ImageDataModule, Split
 from .datasets import ArrayDataset
 from .errors import DatasetNotFoundError
 from .split import stratified_split

@@ -8,7 +8,7 @@ from sklearn.datasets import load_digits
 from torch.utils.data import Dataset
 
 from . import transforms
-from .base import ImageDataModule, Split
+from .datamodule import ImageDataModule, Split
 from .datasets import ArrayDataset
 from .split import stratified_split
 from .transforms import ImageTransform

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Split
+from .datamodule import Split
 from .errors import DatasetNotFoundError
 from .image_folder import ImageFolderDataModule
 from .scan import scan_class_folders

@@ -4,14 +4,14 @@ attention spreads over the radix splits, per stage, block and class."""
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
+from resnest_pl.errors import user_errors
 from resnest_pl.inspect.run import attention_stats, write_inspection
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line; a bad input ends with one ``error:`` line and exit status 2."""
+    """Command line; a bad input ends as :mod:`resnest_pl.errors` says (one ``error:`` line, exit status 2)."""
     parser = argparse.ArgumentParser(prog="python -m resnest_pl.inspect", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "source", help="a .ckpt of a resnest_pl run, or a folder written by python -m resnest_pl.export"
@@ -21,12 +21,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     parser.add_argument("--max-images", type=int, default=None, help="use at most this many, spread evenly")
     args = parser.parse_args(argv)
-    try:
+    with user_errors(ValueError, OSError):
         stats = attention_stats(args.source, args.images, args.batch_size, args.max_images)
         paths = write_inspection(stats, args.out)
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
     for stage, entropy in stats.stage_entropy().items():
         print(f"stage {stage}: mean normalised attention entropy {entropy:.3f}")
     print(f"wrote {', '.join(map(str, paths))}")

@@ -6,6 +6,7 @@ import argparse
 
 import torch
 
+from ..errors import user_errors
 from .complexity import count_macs, count_params
 from .registry import create_model, get_variant, list_models
 
@@ -47,10 +48,13 @@ def format_table(rows: list[dict[str, object]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line; an unknown variant ends as :mod:`resnest_pl.errors` says (one ``error:`` line, exit 2)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("names", nargs="*", help="variants to list (default: all)")
     args = parser.parse_args(argv)
-    print(format_table(variant_rows(args.names or list_models())))
+    with user_errors(ValueError):  # an unknown variant
+        table = format_table(variant_rows(args.names or list_models()))
+    print(table)
 
 
 if __name__ == "__main__":

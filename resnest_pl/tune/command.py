@@ -11,9 +11,6 @@ outputs again (``best.yaml``, ``trials.csv``, ``history.png``, ``importances.png
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import sys
 import warnings
 from pathlib import Path
 
@@ -22,7 +19,7 @@ import optuna
 from optuna.distributions import distribution_to_json
 from sqlalchemy.engine import make_url
 
-from ..cli import DEBUG_ENV
+from ..errors import interrupted, report
 from . import TuneError
 from .outputs import top_table, write_outputs
 from .recipe import Recipe, check_keys, load_recipe
@@ -124,10 +121,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args, overrides)
     except TuneError as err:
-        if os.environ.get(DEBUG_ENV):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report(err)
     except KeyboardInterrupt as interrupt:
-        print("\ninterrupted: run the same command again to continue the study", file=sys.stderr)
-        return 128 + getattr(interrupt, "signum", signal.SIGINT)
+        return interrupted(interrupt, "run the same command again to continue the study")

@@ -11,8 +11,7 @@ from typing import Any
 
 from optuna.distributions import BaseDistribution
 
-from ..ablation.commands import cli_value, resolve
-from ..ablation.grid import GridError
+from ..launch import FitCommandError, cli_value, resolve
 from ..models.config import ResNeStConfig
 from . import TuneError
 from .space import extremes
@@ -37,7 +36,7 @@ def parse(args: list[str], what: str) -> dict[str, Any]:
     """The config the CLI resolves ``args`` to (``--print_config``, in this process, instantiating nothing)."""
     try:
         return resolve(args)
-    except GridError as err:
+    except FitCommandError as err:
         raise TuneError(f"{what}: {err}") from None
 
 
@@ -98,7 +97,7 @@ def check_keys(recipe: Recipe, space: dict[str, BaseDistribution], folder: Path)
         elif key not in known:
             try:
                 resolve(["fit", *recipe.args, *value_args({key: extremes(distribution)[0]})])
-            except GridError as err:
+            except FitCommandError as err:
                 reason = str(err).removeprefix("the fit command does not parse: ")
                 raise unknown_key(key, known, recipe, reason) from None
     for pick in (0, 1):

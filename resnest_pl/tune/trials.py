@@ -7,10 +7,7 @@ process saves the few seconds of imports each child costs, for small single-devi
 
 from __future__ import annotations
 
-import signal
 import sys
-import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +15,8 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution
 
-from .. import cli
-from ..ablation import launch
+from .. import launch
+from ..launch import fit_in_process, last_line
 from .pruning import MONITOR, PRUNED_AT
 from .recipe import Recipe, fit_args
 from .space import suggest
@@ -37,37 +34,10 @@ def trial_folder(out: Path, number: int) -> Path:
     return out / f"trial_{number}"
 
 
-def last_line(log: Path) -> str:
-    """The last non-empty line of a fit's log: the CLI's ``error:`` line or the exception of a traceback."""
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1] if lines else "(empty log)"
-
-
 def fit_in_child(args: list[str], folder: Path) -> tuple[str | None, float]:
     """Run the fit as ``python -m resnest_pl.cli``; its error (None when it succeeded) and wall time."""
     ran = launch.run_logged([sys.executable, "-m", "resnest_pl.cli", *args], folder / LOG)
     return (None if ran.returncode == 0 else last_line(folder / LOG)), ran.wall_s
-
-
-def fit_in_process(args: list[str]) -> tuple[str | None, float]:
-    """Run the fit with :func:`resnest_pl.cli.main`; its error (None when it succeeded) and wall time. Any error
-    ends the trial, not the study; an interruption (Lightning turns Ctrl-C into ``SystemExit(1)``, the CLI
-    SIGTERM into 143) stops the study."""
-    start = time.perf_counter()
-    error = None
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # in-process use is the point
-            cli.main(args)
-    except SystemExit as exit_:
-        if isinstance(exit_.__context__, KeyboardInterrupt) or exit_.code == 128 + signal.SIGTERM:
-            raise KeyboardInterrupt from exit_
-        if exit_.code not in (0, None):
-            cause = exit_.__cause__
-            error = cli.user_error_message(cause) if cause else f"the fit exited with {exit_.code}"
-    except Exception as err:  # whatever a trial's fit raises fails that trial only
-        error = f"{type(err).__name__}: {err}"
-    return error, time.perf_counter() - start
 
 
 @dataclass(frozen=True)

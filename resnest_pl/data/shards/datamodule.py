@@ -1,27 +1,22 @@
-"""Training and evaluation from the streaming shards written by ``python -m resnest_pl.data.shard``."""
+"""Training and evaluation from the streaming shards written by ``python -m resnest_pl.data.shards``."""
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from litdata.streaming import StreamingDataLoader, StreamingDataset
 from litdata.streaming.sampler import ChunkedIndex
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .base import ImageDataModule, Split, init_worker
-from .collate import SkipUnreadable
-from .datasets import Replacement, Sample
-from .decode import decode_image
-from .image_folder import ImageNetRecipe
-from .resumable import sample_seed, scheduled_transform
-from .shard import read_meta
-from .transforms import (
+from ..datamodule import ImageDataModule, Split
+from ..datasets import Replacement, Sample
+from ..decode import decode_image
+from ..recipe import ImageNetRecipe
+from ..resumable import sample_seed, scheduled_transform
+from ..transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     RANDAUGMENT_MAGNITUDE,
@@ -30,6 +25,7 @@ from .transforms import (
     ImageTransform,
     Interpolation,
 )
+from .format import read_meta
 
 logger = logging.getLogger(__name__)
 
@@ -167,11 +163,11 @@ class TrainLoader(StreamingDataLoader):
 
 
 class ShardedDataModule(ImageNetRecipe, ImageDataModule):
-    """Training and evaluation from streaming shards (``python -m resnest_pl.data.shard``), local or remote.
+    """Training and evaluation from streaming shards (``python -m resnest_pl.data.shards``), local or remote.
 
     The same transforms, batches, class names and evaluation settings as :class:`~resnest_pl.data.ImageNetDataModule`
     and :class:`~resnest_pl.data.ImageFolderDataModule`; the shards are read by ``litdata`` (why: see
-    ``resnest_pl/data/shard.py``). Training is shuffled by chunk, then by sample within chunks, from the run's
+    ``resnest_pl/data/shards/format.py``). Training is shuffled by chunk, then by sample within chunks, from the run's
     seed and the epoch; every sample's augmentations are seeded by ``(seed, epoch, index)``, the same as the file
     modules' for the same image.
 
@@ -234,18 +230,18 @@ class ShardedDataModule(ImageNetRecipe, ImageDataModule):
                 "from the chunks); drop it, or train from the image folders (ImageNetDataModule) to decode on the GPU"
             )
         self.set_recipe(
-            crop_size,
-            eval_crop_size,
-            crop_pct,
-            interpolation,
-            auto_augment,
-            color_jitter,
-            lighting,
-            mean,
-            std,
-            train_crop_schedule,
-            randaugment_ops,
-            randaugment_magnitude,
+            crop_size=crop_size,
+            eval_crop_size=eval_crop_size,
+            crop_pct=crop_pct,
+            interpolation=interpolation,
+            auto_augment=auto_augment,
+            color_jitter=color_jitter,
+            lighting=lighting,
+            mean=mean,
+            std=std,
+            train_crop_schedule=train_crop_schedule,
+            randaugment_ops=randaugment_ops,
+            randaugment_magnitude=randaugment_magnitude,
         )
         self.root = root.rstrip("/")
         self.cache_dir = cache_dir
@@ -273,16 +269,15 @@ class ShardedDataModule(ImageNetRecipe, ImageDataModule):
 
     def train_dataloader(self) -> TrainLoader:  # type: ignore[override]
         trainer = self.trainer
-        if self._shuffle_seed is None:
-            self._shuffle_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        self._order_seed()
         # Built here rather than at setup: the order's seed may come from a checkpoint, loaded after setup.
         dataset = self._datasets["train"] = self.build_dataset("train")
-        world_size = trainer.world_size if trainer else 1
-        loader = TrainLoader(
-            dataset,
-            # Under DDP every rank needs as many batches as the others, or one would wait for them forever.
-            **self._loader_options(self.crop_size, drop_last=self.drop_last or world_size > 1),
-        )
+        # Under DDP every rank needs as many batches as the others, or one would wait for them forever. The
+        # option is also litdata's split over ranks: with True, every rank the same whole number of batches;
+        # with False, the last rank takes the remainder (one process only: DDP would stall).
+        drop_last = self.drop_last or self._ranks()[0] > 1
+        collate = self.collate_for("train", self.crop_size)
+        loader = TrainLoader(dataset, **self._loader_options(collate, drop_last, own_generator=True))
         epoch, done = self._resume_at or ((trainer.current_epoch if trainer else 0), 0)
         loader.start_at(epoch, done)
         self._resume_at = None
@@ -295,25 +290,8 @@ class ShardedDataModule(ImageNetRecipe, ImageDataModule):
         return self._eval_loader("test")
 
     def _eval_loader(self, split: Split) -> DataLoader:
-        trainer = self.trainer
         samples = EvalSamples(self.dataset(split))  # type: ignore[arg-type]
-        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        world_size, rank = self._ranks()
         sampler = ContiguousSampler(samples, num_replicas=world_size, rank=rank)
-        return DataLoader(samples, sampler=sampler, **self._loader_options(self.eval_crop_size, drop_last=False))
-
-    def _loader_options(self, crop: int, drop_last: bool) -> dict[str, Any]:
-        rank = self.trainer.global_rank if self.trainer else 0
-        return dict(
-            batch_size=self.batch_size,
-            # For the training loader also litdata's split over ranks: with True, every rank the same whole number
-            # of batches; with False, the last rank takes the remainder (one process only: DDP would stall).
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            pin_memory=self._pin(),
-            worker_init_fn=functools.partial(init_worker, rank=rank) if self.num_workers > 0 else None,
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
-            collate_fn=SkipUnreadable((3, crop, crop)),
-            # The workers' base seed from a generator of their own: creating the iterator must not draw from torch's
-            # global generator, or a resumed run's dropout / DropBlock masks would shift.
-            generator=torch.Generator(),
-        )
+        collate = self.collate_for(split, self.eval_crop_size)
+        return DataLoader(samples, sampler=sampler, **self._loader_options(collate, False, own_generator=True))

@@ -1,4 +1,4 @@
-"""``python -m resnest_pl.data.digit_folder OUT [--task parity]``: the digits as a class-folder image set.
+"""``python -m resnest_pl.data.write_digit_folder OUT [--task parity]``: the digits as a class-folder image set.
 
 A small, offline data set in the layout :class:`ImageFolderDataModule` reads (``OUT/train/<class>/*.png``,
 ``OUT/val/<class>/*.png``), for trying fine-tuning on the CPU: a quick-start checkpoint trained on the ten digits
@@ -9,12 +9,12 @@ fine-tunes on a new labelling of them. The split is :class:`DigitsDataModule`'s 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
 
+from ..errors import user_errors
 from .digits import digits_images
 from .split import stratified_split
 
@@ -47,17 +47,16 @@ def write_digit_folder(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line; a bad input ends with one ``error:`` line and exit status 2."""
-    parser = argparse.ArgumentParser(prog="python -m resnest_pl.data.digit_folder", description=__doc__.split("\n")[0])
+    """Command line; a bad input ends as :mod:`resnest_pl.errors` says (one ``error:`` line, exit status 2)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m resnest_pl.data.write_digit_folder", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("out", help="folder to create (must be new or empty)")
     parser.add_argument("--task", choices=tuple(TASKS), default="parity", help="classes: even/odd, or the digits")
     parser.add_argument("--image-size", type=int, default=32, help="side of the square images (default 32)")
     args = parser.parse_args(argv)
-    try:
+    with user_errors(ValueError, OSError):
         counts = write_digit_folder(args.out, args.task, args.image_size)
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
     print(f"wrote {counts['train']} training and {counts['val']} validation images to {args.out}")
 
 

@@ -170,18 +170,15 @@ class ImageDataModule(pl.LightningDataModule, ABC):
         return dict(self._datasets)
 
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
-        if self._shuffle_seed is None:
-            # The seed Lightning's own distributed sampler uses: seed_everything's, the same on every rank.
-            self._shuffle_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        world_size, rank = self._ranks()
+        seed = self._order_seed()
         dataset = self.dataset("train")
         if self.aug_repeats > 1:
             sampler: ResumableSampler = RepeatedAugmentationSampler(
-                dataset, num_replicas=world_size, rank=rank, seed=self._shuffle_seed, repeats=self.aug_repeats
+                dataset, num_replicas=world_size, rank=rank, seed=seed, repeats=self.aug_repeats
             )
         else:
-            sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, seed=self._shuffle_seed)
+            sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, seed=seed)
         if self._resume_at is not None:
             epoch, batches = self._resume_at
             sampler.resume_at(epoch, batches * self.batch_size)
@@ -228,10 +225,8 @@ class ImageDataModule(pl.LightningDataModule, ABC):
         sampler: ResumableSampler | None = None,
     ) -> DataLoader:
         crop = crop or self.eval_crop_size
-        collate = self.collate_for(split, crop)
         dataset = self.dataset(split)
-        trainer = self.trainer
-        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        world_size, rank = self._ranks()
         loader_sampler: Sampler | None = sampler
         if sampler is None and split in ("val", "test") and world_size > 1:
             # Lightning's default DistributedSampler pads the split to a multiple of the world size, so a few
@@ -240,17 +235,39 @@ class ImageDataModule(pl.LightningDataModule, ABC):
             loader_sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
         return DataLoader(
             SeededSamples(dataset, self.train_transform_schedule()) if sampler is not None else dataset,
-            batch_size=self.batch_size,
             sampler=loader_sampler,
-            # Its own generator for the workers' base seed: creating the iterator must not draw from torch's
-            # global generator, or a resumed run's dropout / DropBlock masks would shift.
-            generator=torch.Generator() if sampler is not None else None,
+            **self._loader_options(self.collate_for(split, crop), drop_last, own_generator=sampler is not None),
+        )
+
+    def _ranks(self) -> tuple[int, int]:
+        """``(world size, rank)`` of the trainer's processes; ``(1, 0)`` without a trainer."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+
+    def _order_seed(self) -> int:
+        """The training order's seed: a restored checkpoint's, else the one Lightning's own distributed sampler
+        uses (``seed_everything``'s, the same on every rank)."""
+        if self._shuffle_seed is None:
+            self._shuffle_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return self._shuffle_seed
+
+    def _loader_options(
+        self, collate: Callable[[list[Any]], Any], drop_last: bool, own_generator: bool
+    ) -> dict[str, Any]:
+        """The ``DataLoader`` options of every data module's loaders but the dataset and the sampler.
+
+        ``own_generator``: the workers' base seed from a generator of their own (training): creating the iterator
+        must not draw from torch's global generator, or a resumed run's dropout / DropBlock masks would shift.
+        """
+        return dict(
+            batch_size=self.batch_size,
             drop_last=drop_last,
             num_workers=self.num_workers,
             pin_memory=self._pin(),
-            worker_init_fn=functools.partial(init_worker, rank=rank) if self.num_workers > 0 else None,
+            worker_init_fn=functools.partial(init_worker, rank=self._ranks()[1]) if self.num_workers > 0 else None,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             collate_fn=collate,
+            generator=torch.Generator() if own_generator else None,
         )
 
     def collate_for(self, split: Split | Literal["predict"], crop: int) -> Callable[[list[Any]], Any]:
