@@ -24,12 +24,14 @@ from .helpers import make_trainer
 SECONDS_PER_STEP = 7.0
 
 
-def _timed_run(monkeypatch: pytest.MonkeyPatch, world_size: int, steps: int) -> tuple[list[int], list[int]]:
-    """Steps 1..``steps`` of ``SECONDS_PER_STEP`` each on a fake clock, with ``every_n_minutes=1``: the steps
-    that saved and the steps that broadcast rank 0's decision."""
+def _timed_run(
+    monkeypatch: pytest.MonkeyPatch, world_size: int, steps: int, minutes: float = 1
+) -> tuple[list[int], list[int]]:
+    """Steps 1..``steps`` of ``SECONDS_PER_STEP`` each on a fake clock, with ``every_n_minutes=minutes``: the
+    steps that saved and the steps that broadcast rank 0's decision."""
     now = [0.0]
     monkeypatch.setattr(checkpointing.time, "monotonic", lambda: now[0])
-    callback = LastCheckpoint(every_n_minutes=1)
+    callback = LastCheckpoint(every_n_minutes=minutes)
     saved: list[int] = []
     broadcasts: list[int] = []
     trainer = SimpleNamespace(global_step=0, world_size=world_size)
@@ -63,6 +65,13 @@ def test_ddp_ranks_share_rank_zeros_clock_only_every_n_steps(monkeypatch: pytest
     assert broadcasts == [CLOCK_EVERY_N_STEPS * k for k in range(1, 6)]
     # The minute has passed by every clock step (16 x 7 s = 112 s): each one saves.
     assert saved == broadcasts
+
+
+def test_ddp_ranks_save_only_once_the_minutes_have_passed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three minutes: the first clock step (112 s) is too early, the second (224 s) saves, and so on."""
+    saved, broadcasts = _timed_run(monkeypatch, world_size=2, steps=5 * CLOCK_EVERY_N_STEPS, minutes=3)
+    assert broadcasts == [CLOCK_EVERY_N_STEPS * k for k in range(1, 6)]
+    assert saved == [2 * CLOCK_EVERY_N_STEPS, 4 * CLOCK_EVERY_N_STEPS]
 
 
 class Linear(pl.LightningModule):
