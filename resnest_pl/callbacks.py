@@ -8,7 +8,7 @@ Enable them from a LightningCLI config under ``trainer.callbacks``::
         - class_path: resnest_pl.callbacks.ImageThroughputMonitor
           init_args: {window_size: 50}
 
-The weight EMA needs no entry here: ``model.ema_decay`` makes :class:`~resnest_pl.module.ResNeStClassifier`
+The weight EMA needs no entry here: ``model.ema_decay`` makes :class:`~resnest_pl.training.module.ResNeStClassifier`
 attach Lightning's ``EMAWeightAveraging``.
 """
 

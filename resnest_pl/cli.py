@@ -29,9 +29,9 @@ from .errors import report, user_error_message
 from .eval_settings import fill_published_eval_settings
 from .loggers import finish_loggers, start_loggers
 from .models import IncompatibleCheckpointError, WeightsDownloadError
-from .module import ResNeStClassifier
 from .prediction import PredictionCSVWriter
 from .runs import RunFolderError, check_run_folder, plain, set_run_dir
+from .training.module import ResNeStClassifier
 
 # Errors that describe a user's mistake (config, data, checkpoint): shown as one line, not a traceback.
 USER_ERRORS = (

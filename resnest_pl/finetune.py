@@ -1,68 +1,14 @@
-"""Fine-tuning: layer-wise learning-rate decay and a backbone frozen for the first epochs.
-
-Both act on a :class:`~resnest_pl.models.ResNeSt`'s top-level children: the classifier ``fc`` (the head), the
-stages ``layer4`` ... ``layer1`` and the stem (everything else: ``conv1``, ``bn1``).
-"""
+"""Fine-tuning: a backbone frozen for the first epochs (layer-wise learning-rate decay is in
+:mod:`resnest_pl.training.optim`)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
 
-HEAD = "fc"
-# Depth of each top-level child from the head down; children not named here are the stem.
-STAGE_DEPTH = {HEAD: 0, "layer4": 1, "layer3": 2, "layer2": 3, "layer1": 4}
-STEM_DEPTH = 5
-STAGE_NAMES = ("head", "layer4", "layer3", "layer2", "layer1", "stem")  # by depth
-# The key of each optimizer group's learning-rate multiplier (timm's name for it).
-LR_SCALE = "lr_scale"
-
-
-def check_finetune_options(layer_decay: float | None, freeze_backbone_epochs: int) -> None:
-    """Refuse values that cannot work (raised from the module's ``__init__``: the CLI shows one line)."""
-    if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
-        raise ValueError(
-            f"layer_decay must lie in (0, 1], e.g. 0.7 (each stage below the head learns 0.7x slower), or be null "
-            f"to disable; got {layer_decay}"
-        )
-    if freeze_backbone_epochs < 0:
-        raise ValueError(
-            f"freeze_backbone_epochs must be >= 0 (0: train everything from the start); got {freeze_backbone_epochs}"
-        )
-
-
-def layer_depth(name: str) -> int:
-    """Depth of the parameter or module ``name`` (relative to the backbone, e.g. ``layer3.0.conv1.weight``):
-    0 for the head, 1-4 for ``layer4`` to ``layer1``, 5 for the stem."""
-    return STAGE_DEPTH.get(name.split(".", 1)[0], STEM_DEPTH)
-
-
-def split_by_depth(groups: list[dict[str, Any]], model: nn.Module, decay: float) -> list[dict[str, Any]]:
-    """Split each optimizer group by :func:`layer_depth`, keeping its other settings (e.g. ``weight_decay=0``), and
-    give each part ``lr_scale = decay ** depth`` and a ``name`` (``layer3``, ``layer3/no_decay``, ...: the
-    ``LearningRateMonitor``'s key). Ordered by depth, head first, so that the first group's learning rate is the
-    head's (the optimizer's own)."""
-    depth_of = {id(param): layer_depth(name) for name, param in model.named_parameters()}
-    parts: list[tuple[int, int, dict[str, Any]]] = []
-    for index, group in enumerate(groups):
-        by_depth: dict[int, list[nn.Parameter]] = {}
-        for param in group["params"]:
-            by_depth.setdefault(depth_of[id(param)], []).append(param)
-        for depth, params in by_depth.items():
-            name = STAGE_NAMES[depth] + ("/no_decay" if group.get("weight_decay") == 0.0 else "")
-            parts.append((depth, index, {**group, "params": params, LR_SCALE: decay**depth, "name": name}))
-    return [group for _, _, group in sorted(parts, key=lambda part: part[:2])]
-
-
-def apply_lr_scales(optimizer: Any) -> None:
-    """Multiply each group's learning rate by its ``lr_scale`` (groups without one keep theirs). Before the
-    scheduler is built: it takes these rates as the peaks that its schedule multiplies."""
-    for group in optimizer.param_groups:
-        group["lr"] *= group.get(LR_SCALE, 1.0)
+from .training.optim import HEAD
 
 
 class FreezeBackbone(Callback):

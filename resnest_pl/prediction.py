@@ -11,19 +11,12 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
+from .training.evaluation import class_names_for
+
 TOP_K = 5
 
 # One image's result: dataset index, top-k probabilities, top-k class indices.
 Row = tuple[int, list[float], list[int]]
-
-
-def class_names_for(pl_module: pl.LightningModule, datamodule: Any, num_classes: int) -> list[str]:
-    """Names of the model's outputs: those the checkpoint was trained with (``pl_module.class_names``), else
-    the data module's, else the class indices."""
-    for names in (getattr(pl_module, "class_names", None), getattr(datamodule, "class_names", None)):
-        if names and len(names) == num_classes:
-            return list(names)
-    return [str(i) for i in range(num_classes)]
 
 
 class PredictionCSVWriter(BasePredictionWriter):

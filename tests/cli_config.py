@@ -6,7 +6,7 @@ from jsonargparse import Namespace
 
 from resnest_pl.cli import ResNeStCLI, default_callbacks
 from resnest_pl.data import ImageDataModule
-from resnest_pl.module import ResNeStClassifier
+from resnest_pl.training.module import ResNeStClassifier
 
 
 class ParsedCLI(ResNeStCLI):

@@ -16,7 +16,7 @@ from pytorch_lightning.callbacks import Callback
 
 from resnest_pl.cli import main
 from resnest_pl.models import ResNeSt, create_model
-from resnest_pl.module import RUN_KEY
+from resnest_pl.training.run_record import RUN_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

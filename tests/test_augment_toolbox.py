@@ -17,9 +17,9 @@ from resnest_pl.data import ArrayDataset, DigitsDataModule, ImageFolderDataModul
 from resnest_pl.data.repeated import RepeatedAugmentationSampler
 from resnest_pl.data.resumable import ResumableSampler, SeededSamples, sample_seed
 from resnest_pl.data.transforms import TorchvisionAugment
-from resnest_pl.erasing import RandomErasing
 from resnest_pl.models.config import ResNeStConfig
-from resnest_pl.module import ResNeStClassifier
+from resnest_pl.training.erasing import RandomErasing
+from resnest_pl.training.module import ResNeStClassifier
 
 from .cli_config import parsed_config
 from .fixtures import write_jpeg_tree

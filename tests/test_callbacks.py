@@ -27,7 +27,7 @@ from resnest_pl.callbacks import (
 )
 from resnest_pl.models import create_model
 from resnest_pl.models.complexity import count_macs
-from resnest_pl.module import ResNeStClassifier
+from resnest_pl.training.module import ResNeStClassifier
 
 from .helpers import TINY_SMALL_INPUT, make_trainer
 

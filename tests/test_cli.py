@@ -20,7 +20,7 @@ from pytorch_lightning.core.saving import load_hparams_from_yaml
 from resnest_pl.cli import main
 from resnest_pl.data import DigitsDataModule, normalize
 from resnest_pl.data.decode import read_image
-from resnest_pl.module import ResNeStClassifier
+from resnest_pl.training.module import ResNeStClassifier
 
 from .fixtures import write_broken_images, write_cifar10, write_cifar100, write_images, write_jpeg_tree
 from .helpers import CONFIGS, QUICK, ROOT, rank_probe, rank_states, run_cli, run_killable

@@ -24,7 +24,7 @@ from resnest_pl.data import CIFAR10DataModule, DigitsDataModule, ImageDataModule
 from resnest_pl.data.datamodule import init_worker
 from resnest_pl.data.resumable import ResumableSampler
 from resnest_pl.data.transforms import IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC, ImageTransform, PCALighting
-from resnest_pl.module import ResNeStClassifier
+from resnest_pl.training.module import ResNeStClassifier
 
 from .fixtures import write_cifar10, write_jpeg_tree
 from .helpers import TINY_SMALL_INPUT, make_trainer

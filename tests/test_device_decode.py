@@ -38,7 +38,7 @@ from resnest_pl.data.device_decode import (
 )
 from resnest_pl.data.encoded import EXIF_ORIENTATION, DeviceCrop, EncodedImage, EncodedImages, read_encoded
 from resnest_pl.data.transforms import IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC
-from resnest_pl.module import ResNeStClassifier
+from resnest_pl.training.module import ResNeStClassifier
 
 from .fixtures import write_broken_images, write_images
 from .helpers import CONFIGS, QUICK, TINY, make_trainer, run_cli

@@ -22,7 +22,7 @@ from resnest_pl.export import export, main
 from resnest_pl.models import create_model, get_variant
 from resnest_pl.models.twins import reference_kwargs, reference_name, timm_name
 from resnest_pl.models.weights import extract_state_dict
-from resnest_pl.module import ResNeStClassifier
+from resnest_pl.training.module import ResNeStClassifier
 
 from .helpers import make_trainer
 
@@ -178,7 +178,7 @@ def test_config_and_model_card_describe_the_run(run: Path, tmp_path: Path) -> No
     assert f"val/acc1 = {checkpoint['resnest_pl']['metrics']['val/acc1']:.4f}" in card.split("final")[1]
     for expected in (
         "resnest_pl.data.digits.DigitsDataModule",
-        "resnest_pl.module.NesterovSGD",
+        "resnest_pl.training.optim.NesterovSGD",
         "global batch: 16",
         "epochs: 2 planned",
         "label smoothing: 0.1",

@@ -17,8 +17,9 @@ from resnest_pl.cli import main
 from resnest_pl.data import DigitsDataModule
 from resnest_pl.data.write_digit_folder import main as digit_folder_main
 from resnest_pl.data.write_digit_folder import write_digit_folder
-from resnest_pl.finetune import STAGE_NAMES, FreezeBackbone, layer_depth
-from resnest_pl.module import NesterovSGD, ResNeStClassifier, parameter_groups
+from resnest_pl.finetune import FreezeBackbone
+from resnest_pl.training.module import ResNeStClassifier
+from resnest_pl.training.optim import STAGE_NAMES, NesterovSGD, layer_depth, parameter_groups
 
 from .helpers import CONFIGS, QUICK, TINY_SMALL_INPUT, make_trainer, run_cli
 

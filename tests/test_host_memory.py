@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from resnest_pl.callbacks import KeepHostMemory
 from resnest_pl.host_memory import keep_freed_host_memory
-from resnest_pl.module import ResNeStClassifier
+from resnest_pl.training.module import ResNeStClassifier
 
 from .helpers import TINY_SMALL_INPUT, make_trainer
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resnest_pl.mixing import BatchMixer, smooth_one_hot
+from resnest_pl.training.mixing import BatchMixer, smooth_one_hot
 
 CLASSES = 4
 

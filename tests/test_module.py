@@ -20,21 +20,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 
 from resnest_pl.models import IncompatibleCheckpointError
-from resnest_pl.module import (
-    FusedEMAModel,
-    FusedEMAWeightAveraging,
-    NesterovSGD,
-    ResNeStClassifier,
-    check_compile_with_sync_batchnorm,
-    global_batch_size,
-    optimizer_from_spec,
-    optimizer_spec,
-    parameter_groups,
-    random_state,
-    rank_seed,
-    uses_sync_batchnorm,
-)
-from resnest_pl.schedules import warmup_cosine
+from resnest_pl.training.compile import check_compile_with_sync_batchnorm, uses_sync_batchnorm
+from resnest_pl.training.ema import FusedEMAModel, FusedEMAWeightAveraging
+from resnest_pl.training.module import ResNeStClassifier
+from resnest_pl.training.optim import NesterovSGD, optimizer_from_spec, optimizer_spec, parameter_groups
+from resnest_pl.training.random_state import random_state, rank_seed
+from resnest_pl.training.schedule import global_batch_size, warmup_cosine
 
 from .helpers import TINY_SMALL_INPUT, make_trainer
 
@@ -461,7 +452,7 @@ def test_checkpoint_records_hyperparameters_as_plain_data(tmp_path) -> None:
 
 
 def test_optimizer_spec_round_trip() -> None:
-    assert optimizer_spec(NesterovSGD) == {"class_path": "resnest_pl.module.NesterovSGD", "init_args": {}}
+    assert optimizer_spec(NesterovSGD) == {"class_path": "resnest_pl.training.optim.NesterovSGD", "init_args": {}}
     assert optimizer_spec(lambda params: torch.optim.SGD(params, lr=0.1)) is None
     rebuilt = optimizer_from_spec(optimizer_spec(functools.partial(torch.optim.SGD, lr=0.5, momentum=0.8)))
     optimizer = rebuilt([nn.Parameter(torch.zeros(1))])

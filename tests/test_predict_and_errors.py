@@ -15,8 +15,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from resnest_pl.data import DigitsDataModule, ImageFolderDataModule, normalize
 from resnest_pl.models import IncompatibleCheckpointError, get_variant
-from resnest_pl.module import ResNeStClassifier
 from resnest_pl.prediction import PredictionCSVWriter
+from resnest_pl.training.module import ResNeStClassifier
 
 from . import helpers
 from .fixtures import write_images, write_jpeg_tree

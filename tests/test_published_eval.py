@@ -20,7 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 from resnest_pl.cli import main
 from resnest_pl.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataModule, ImageNetDataModule, normalize
 from resnest_pl.models import create_model, get_variant, resolve_eval_config
-from resnest_pl.module import ResNeStClassifier
+from resnest_pl.training.module import ResNeStClassifier
 
 from .cli_config import parsed_config
 from .fixtures import WNIDS, write_colour_squares

@@ -83,7 +83,7 @@ def test_config_follows_the_shared_training_recipe(name: str) -> None:
     assert shared["Mixup"].startswith(f"\N{GREEK SMALL LETTER ALPHA} = {model.mixup_alpha:g},")
     assert model.mix_off_epochs == 0
     assert f"{LR_PER_256:g} per 256 images" in shared["learning rate"]
-    assert optimizer.class_path == "resnest_pl.module.NesterovSGD"
+    assert optimizer.class_path == "resnest_pl.training.optim.NesterovSGD"
     assert optimizer.init_args.nesterov and f"momentum {optimizer.init_args.momentum:g}" in shared["optimizer"]
     assert float(shared["weight decay"].split()[0]) == optimizer.init_args.weight_decay
     assert model.model_overrides["zero_gamma"] is True

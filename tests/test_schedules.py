@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from resnest_pl.schedules import linear_scaled_lr, warmup_cosine, warmup_cosine_scheduler
+from resnest_pl.training.schedule import linear_scaled_lr, warmup_cosine, warmup_cosine_scheduler
 
 
 def lrs_per_step(warmup: int, total: int, peak: float, final_ratio: float) -> list[float]:

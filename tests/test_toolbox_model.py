@@ -21,12 +21,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from resnest_pl import class_metrics
 from resnest_pl.data import DigitsDataModule, normalize
 from resnest_pl.data.decode import read_image
 from resnest_pl.models import create_model, same_architecture
-from resnest_pl.module import ResNeStClassifier
 from resnest_pl.prediction import PredictionCSVWriter
+from resnest_pl.training import class_metrics
+from resnest_pl.training.module import ResNeStClassifier
 
 from .cli_config import parsed_config
 from .helpers import CONFIGS, TINY, make_trainer, quickstart_command, run_cli, tiny_model

@@ -11,7 +11,7 @@ from typing import Any
 from resnest_pl.export import eval_settings, load_training_checkpoint, select_weights
 from resnest_pl.models import ResNeSt, create_model
 from resnest_pl.models.weights import EXPORT_WEIGHTS, exported_config, load_state_dict_checked
-from resnest_pl.module import RUN_KEY
+from resnest_pl.training.run_record import RUN_KEY
 
 SETTINGS = ("mean", "std", "eval_crop", "crop_pct", "interpolation")
 

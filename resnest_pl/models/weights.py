@@ -203,7 +203,7 @@ def load_pretrained(model: nn.Module, source: str | PathLike) -> bool:
     return load_state_dict_checked(model, extract_state_dict(read_checkpoint(source)))
 
 
-# The key of a training checkpoint's run record (``resnest_pl.module.run_record``): class names, data, metrics.
+# The key of a training checkpoint's run record (``resnest_pl.training.run_record``): class names, data, metrics.
 RUN_RECORD_KEY = "resnest_pl"
 
 

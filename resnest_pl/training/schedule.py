@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import TYPE_CHECKING
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 REFERENCE_BATCH = 256
 
@@ -16,6 +20,53 @@ def linear_scaled_lr(lr_per_reference: float, global_batch: int, reference_batch
     if global_batch < 1:
         raise ValueError(f"global_batch must be >= 1; got {global_batch}")
     return lr_per_reference * global_batch / reference_batch
+
+
+def global_batch_size(trainer: pl.Trainer) -> int:
+    """Images per optimizer step: per-device batch x devices x nodes x gradient accumulation."""
+    loader = trainer.train_dataloader
+    per_device = getattr(loader, "batch_size", None) or getattr(
+        getattr(loader, "batch_sampler", None), "batch_size", None
+    )
+    if not per_device:
+        raise ValueError(
+            "cannot read the batch size of the training DataLoader to scale the learning rate; give the "
+            "total learning rate in the optimizer and set model.scale_lr=false"
+        )
+    return int(per_device) * trainer.world_size * trainer.accumulate_grad_batches
+
+
+def scale_to_global_batch(optimizer: Optimizer, trainer: pl.Trainer, lr: float, scale: bool) -> str:
+    """With ``scale``, multiply every group's learning rate by global batch / ``REFERENCE_BATCH``; the line that
+    says which rate the run uses (``lr``: the optimizer's own, per ``REFERENCE_BATCH`` images when scaled)."""
+    if not scale:
+        return f"learning rate: {lr:g} as given (scale_lr: false)"
+    batch = global_batch_size(trainer)
+    for group in optimizer.param_groups:
+        group["lr"] = linear_scaled_lr(group["lr"], batch)
+    return (
+        f"learning rate: {lr:g} per {REFERENCE_BATCH} images x global batch {batch} / {REFERENCE_BATCH} = "
+        f"{optimizer.param_groups[0]['lr']:g} (scale_lr: true; set --model.scale_lr false to use lr as given)"
+    )
+
+
+def total_steps(trainer: pl.Trainer) -> int:
+    """Optimizer steps of the whole fit: the schedule's length."""
+    steps = trainer.estimated_stepping_batches
+    if not math.isfinite(steps):
+        raise ValueError("the learning-rate schedule needs a finite length; set trainer.max_epochs or max_steps")
+    return int(steps)
+
+
+def warmup_steps(trainer: pl.Trainer, warmup_epochs: float) -> int:
+    """Optimizer steps of ``warmup_epochs`` (may be fractional) epochs of the training DataLoader."""
+    if not warmup_epochs:
+        return 0
+    batches = trainer.num_training_batches
+    if not math.isfinite(batches):
+        raise ValueError("warmup_epochs needs a training DataLoader with a length; set warmup_epochs=0")
+    steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
+    return round(warmup_epochs * steps_per_epoch)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, final_ratio: float = 0.0) -> float:
