@@ -26,10 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnest_pl.callbacks import dense_peak_tflops, fp32_precision_name
+from resnest_pl.callbacks.throughput import fp32_precision_name
 from resnest_pl.host_memory import keep_freed_host_memory
 from resnest_pl.models import create_model, get_variant
 from resnest_pl.models.complexity import count_macs
+from resnest_pl.peak_flops import dense_peak_tflops
 
 MODES = ("train", "infer")
 # Batches that keep a GPU busy (small ones time kernel launches) and ones a CPU gets through in seconds.

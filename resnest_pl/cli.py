@@ -17,20 +17,19 @@ from typing import Any
 
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-from .callbacks import KeepHostMemory
-from .checkpointing import HPC_PATTERN, LAST_NAME, LastCheckpoint, check_checkpoint_file
+from .callbacks import KeepHostMemory, LastCheckpoint, LoggedConfigCallback, PredictionCSVWriter
+from .callbacks.checkpointing import HPC_PATTERN, LAST_NAME, check_checkpoint_file
 from .cli_errors import OneLineErrorParser, explain_gpu_missing
 from .data import DataLayoutError, DatasetNotFoundError, ImageDataModule
 from .errors import report, user_error_message
 from .eval_settings import fill_published_eval_settings
 from .loggers import finish_loggers, start_loggers
 from .models import IncompatibleCheckpointError, WeightsDownloadError
-from .prediction import PredictionCSVWriter
-from .runs import RunFolderError, check_run_folder, plain, set_run_dir
+from .runs import RunFolderError, check_run_folder, set_run_dir
 from .training.module import ResNeStClassifier
 
 # Errors that describe a user's mistake (config, data, checkpoint): shown as one line, not a traceback.
@@ -44,14 +43,6 @@ USER_ERRORS = (
     MisconfigurationException,  # Lightning's, for impossible Trainer settings (e.g. gradient_clip_algorithm)
     RunFolderError,
 )
-
-
-class LoggedConfigCallback(SaveConfigCallback):
-    """Saves the resolved config next to the logs and sends it, whole, to every logger (wandb's run config)."""
-
-    def save_config(self, trainer, pl_module, stage: str) -> None:
-        for logger in trainer.loggers:
-            logger.log_hyperparams(plain(self.config.as_dict()))
 
 
 class ResNeStCLI(LightningCLI):

@@ -18,15 +18,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.ops import DropBlock2d
 
-from resnest_pl.callbacks import (
-    DropBlockSchedule,
-    ImageThroughputMonitor,
-    dense_peak_tflops,
-    images_in_batch,
-    max_compiled_increments,
-)
+from resnest_pl.callbacks import DropBlockSchedule, ImageThroughputMonitor
+from resnest_pl.callbacks.dropblock import max_compiled_increments
+from resnest_pl.callbacks.throughput import images_in_batch
 from resnest_pl.models import create_model
 from resnest_pl.models.complexity import count_macs
+from resnest_pl.peak_flops import dense_peak_tflops
 from resnest_pl.training.module import ResNeStClassifier
 
 from .helpers import TINY_SMALL_INPUT, make_trainer

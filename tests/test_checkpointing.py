@@ -16,8 +16,8 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, TensorDataset
 
-from resnest_pl import checkpointing
-from resnest_pl.checkpointing import CLOCK_EVERY_N_STEPS, LastCheckpoint
+from resnest_pl.callbacks import LastCheckpoint, checkpointing
+from resnest_pl.callbacks.checkpointing import CLOCK_EVERY_N_STEPS
 
 from .helpers import make_trainer
 

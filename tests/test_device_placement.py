@@ -18,10 +18,8 @@ import pytorch_lightning as pl
 import torch
 from torchmetrics import Metric
 
-from resnest_pl.callbacks import DropBlockSchedule
+from resnest_pl.callbacks import DropBlockSchedule, FusedEMAWeightAveraging, RecordProvenance
 from resnest_pl.data import DigitsDataModule
-from resnest_pl.provenance import RecordProvenance
-from resnest_pl.training.ema import FusedEMAWeightAveraging
 from resnest_pl.training.module import ResNeStClassifier
 
 from .helpers import TINY_SMALL_INPUT, make_trainer

@@ -13,11 +13,11 @@ from pytorch_lightning.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from resnest_pl.callbacks import FreezeBackbone
 from resnest_pl.cli import main
 from resnest_pl.data import DigitsDataModule
 from resnest_pl.data.write_digit_folder import main as digit_folder_main
 from resnest_pl.data.write_digit_folder import write_digit_folder
-from resnest_pl.finetune import FreezeBackbone
 from resnest_pl.training.module import ResNeStClassifier
 from resnest_pl.training.optim import STAGE_NAMES, NesterovSGD, layer_depth, parameter_groups
 

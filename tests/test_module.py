@@ -19,9 +19,10 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 
+from resnest_pl.callbacks import FusedEMAWeightAveraging
 from resnest_pl.models import IncompatibleCheckpointError
 from resnest_pl.training.compile import check_compile_with_sync_batchnorm, uses_sync_batchnorm
-from resnest_pl.training.ema import FusedEMAModel, FusedEMAWeightAveraging
+from resnest_pl.training.ema import FusedEMAModel
 from resnest_pl.training.module import ResNeStClassifier
 from resnest_pl.training.optim import NesterovSGD, optimizer_from_spec, optimizer_spec, parameter_groups
 from resnest_pl.training.random_state import random_state, rank_seed

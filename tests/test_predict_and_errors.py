@@ -13,9 +13,9 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from resnest_pl.callbacks import PredictionCSVWriter
 from resnest_pl.data import DigitsDataModule, ImageFolderDataModule, normalize
 from resnest_pl.models import IncompatibleCheckpointError, get_variant
-from resnest_pl.prediction import PredictionCSVWriter
 from resnest_pl.training.module import ResNeStClassifier
 
 from . import helpers

@@ -96,7 +96,7 @@ def test_a_run_resumed_mid_schedule_trains_as_the_uninterrupted_one(folder: Path
     assert read_sizes(tmp_path / "full.txt") == {step: (16, 24, 32)[step // 6] for step in range(18)}
 
     root, sizes = tmp_path / "killed", tmp_path / "killed.txt"
-    save_every = ["--trainer.callbacks+=resnest_pl.checkpointing.LastCheckpoint"]
+    save_every = ["--trainer.callbacks+=resnest_pl.callbacks.LastCheckpoint"]
     save_every += ["--trainer.callbacks.every_n_train_steps", "4"]
     killed = cli(fit_args(root, folder, sizes, *save_every, *signal_at(10, "SIGKILL")))
     assert killed.returncode == -9

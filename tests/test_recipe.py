@@ -70,7 +70,7 @@ def test_config_follows_the_recipe_tables(name: str) -> None:
     callbacks = {callback.class_path: callback for callback in config.trainer.callbacks}
     assert "resnest_pl.callbacks.DropBlockSchedule" in callbacks
     # An ImageNet epoch is about an hour on 8 GPUs: last.ckpt is refreshed every 30 minutes within it.
-    assert callbacks["resnest_pl.checkpointing.LastCheckpoint"].init_args.every_n_minutes == 30
+    assert callbacks["resnest_pl.callbacks.LastCheckpoint"].init_args.every_n_minutes == 30
 
 
 @pytest.mark.parametrize("name", ["resnest50", "resnest101", "resnest200", "resnest269"])

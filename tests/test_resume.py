@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnest_pl.checkpointing import check_checkpoint_file
+from resnest_pl.callbacks.checkpointing import check_checkpoint_file
 
 from .helpers import CONFIGS, QUICK, ROOT, run_cli
 
@@ -41,7 +41,7 @@ def fit_args(root: Path, *extra: str, epochs: int = 2) -> list[str]:
     ]
 
 
-LAST_CHECKPOINT = "--trainer.callbacks+=resnest_pl.checkpointing.LastCheckpoint"
+LAST_CHECKPOINT = "--trainer.callbacks+=resnest_pl.callbacks.LastCheckpoint"
 
 
 def every_n_steps(n: int) -> list[str]:

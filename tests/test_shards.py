@@ -277,7 +277,7 @@ def test_cli_killed_mid_epoch_resumes_to_the_uninterrupted_weights(solid: Path, 
     shards = solid / "shards"
     full = cli_fit(shards, tmp_path / "full")
     assert full.returncode == 0, full.stderr[-3000:]
-    save = ["--trainer.callbacks+=resnest_pl.checkpointing.LastCheckpoint", "--trainer.callbacks.every_n_train_steps"]
+    save = ["--trainer.callbacks+=resnest_pl.callbacks.LastCheckpoint", "--trainer.callbacks.every_n_train_steps"]
     kill = ["--trainer.callbacks+=tests.interrupt.SignalAtStep", "--trainer.callbacks.step", "9"]
     killed = cli_fit(shards, tmp_path / "killed", *save, "2", *kill)
     assert killed.returncode == -9, killed.stderr[-3000:]
@@ -355,7 +355,7 @@ def test_ddp_cli_killed_mid_epoch_resumes_without_repeating_or_skipping(solid: P
         args = ["--config", str(CONFIGS / "trainer/cpu-ddp.yaml"), f"--trainer.callbacks+={json.dumps(probe)}"]
         return [*args, "--data.color_jitter", "0", "--data.lighting", "0"]  # the red level names each image
 
-    save = ["--trainer.callbacks+=resnest_pl.checkpointing.LastCheckpoint", "--trainer.callbacks.every_n_train_steps"]
+    save = ["--trainer.callbacks+=resnest_pl.callbacks.LastCheckpoint", "--trainer.callbacks.every_n_train_steps"]
     kill = ["--trainer.callbacks+=tests.test_shards.KillJobAtStep", "--trainer.callbacks.step", "5"]
     killed = cli_fit(solid / "shards", tmp_path / "run", *ddp("killed"), *save, "2", *kill)
     assert killed.returncode == -9, killed.stderr[-3000:]

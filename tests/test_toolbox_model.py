@@ -21,10 +21,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from resnest_pl.callbacks import PredictionCSVWriter
 from resnest_pl.data import DigitsDataModule, normalize
 from resnest_pl.data.decode import read_image
 from resnest_pl.models import create_model, same_architecture
-from resnest_pl.prediction import PredictionCSVWriter
 from resnest_pl.training import class_metrics
 from resnest_pl.training.module import ResNeStClassifier
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import EMAWeightAveraging
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
@@ -50,19 +48,3 @@ class FusedEMAModel(AveragedModel):
                 torch._foreach_copy_([averaged[i] for i in others], [current[i] for i in others])
         self.n_averaged += 1
         self._updates += 1
-
-
-class FusedEMAWeightAveraging(EMAWeightAveraging):
-    """Lightning's ``EMAWeightAveraging`` with :class:`FusedEMAModel` as the average, updated every
-    ``every_n_steps`` optimizer steps (the first, then every n-th) with ``decay ** every_n_steps``, which keeps the
-    average's time constant in steps. Validation and the final weights use the average, as in Lightning's."""
-
-    def __init__(self, decay: float, every_n_steps: int = 1) -> None:
-        super().__init__(decay=decay, update_every_n_steps=every_n_steps)
-        self.decay = decay**every_n_steps
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # Before the strategy moves the module, Lightning reports the device it will move it to as its ``device``:
-        # the average is built there, as Lightning's own ``WeightAveraging.setup`` does.
-        if stage == "fit":
-            self._average_model = FusedEMAModel(pl_module, self.decay, device=self._device or pl_module.device)

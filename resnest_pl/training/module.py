@@ -16,16 +16,14 @@ from pytorch_lightning.cli import OptimizerCallable
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torchmetrics import MeanMetric
 
+from ..callbacks import FreezeBackbone, FusedEMAWeightAveraging, RecordProvenance
 from ..data.device_decode import decode_batch
 from ..data.encoded import EncodedImages
 from ..data.transforms import normalize
-from ..finetune import FreezeBackbone
 from ..models import IncompatibleCheckpointError, create_model
 from ..models.weights import load_line
-from ..provenance import RecordProvenance
 from ..runs import classes_mismatch
 from .compile import check_compile_with_sync_batchnorm, uses_sync_batchnorm
-from .ema import FusedEMAWeightAveraging
 from .erasing import EraseMode, RandomErasing
 from .evaluation import accuracy_metrics, hflip_logits, per_class_metrics, report_per_class
 from .mixing import BatchMixer
@@ -92,7 +90,7 @@ class ResNeStClassifier(pl.LightningModule):
             lr, ``layer4`` at lr x decay, ``layer3`` at lr x decay^2, ... the stem at lr x decay^5 (the schedule
             then multiplies all alike; ``min_lr`` is the head's). ``None`` = off.
         freeze_backbone_epochs: train only the classifier for this many epochs, with the backbone's BatchNorm
-            statistics frozen, then everything (:class:`resnest_pl.finetune.FreezeBackbone`). 0 = off.
+            statistics frozen, then everything (:class:`resnest_pl.callbacks.FreezeBackbone`). 0 = off.
     """
 
     def __init__(

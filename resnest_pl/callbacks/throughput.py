@@ -1,117 +1,19 @@
-"""Training callbacks: the paper's DropBlock ramp, an image-throughput monitor, CPU host-memory reuse.
-
-Enable them from a LightningCLI config under ``trainer.callbacks``::
-
-    trainer:
-      callbacks:
-        - class_path: resnest_pl.callbacks.DropBlockSchedule
-        - class_path: resnest_pl.callbacks.ImageThroughputMonitor
-          init_args: {window_size: 50}
-
-The weight EMA needs no entry here: ``model.ema_decay`` makes :class:`~resnest_pl.training.module.ResNeStClassifier`
-attach Lightning's ``EMAWeightAveraging``.
-"""
+"""Images per second, FLOP/s and MFU, measured with few host syncs."""
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.throughput import Throughput
-from pytorch_lightning.callbacks import Callback, ThroughputMonitor
+from pytorch_lightning.callbacks import ThroughputMonitor
 from pytorch_lightning.callbacks.throughput_monitor import _plugin_to_compute_dtype
 from pytorch_lightning.trainer.states import RunningStage, TrainerFn
-from pytorch_lightning.utilities.rank_zero import rank_zero_debug, rank_zero_warn
-from torchvision.ops import DropBlock2d
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
-from resnest_pl.host_memory import keep_freed_host_memory
-from resnest_pl.peak_flops import dense_peak_tflops
-
-# Compiled versions of the network besides one per drop probability: the eval-mode graph, and up to two recompiles
-# for a new batch size (a last partial training batch, a validation batch of another size).
-OTHER_COMPILED_VERSIONS = 3
-
-
-def max_compiled_increments() -> int:
-    """Ramp increments a ``torch.compile``-d network takes without passing dynamo's recompile limit (8 in torch 2.14),
-    after which it runs its forward in eager mode: the ramp's ``increments + 1`` drop probabilities (0 included) each
-    compile the training graph anew, and ``OTHER_COMPILED_VERSIONS`` more versions may be needed."""
-    import torch._dynamo
-
-    return torch._dynamo.config.recompile_limit - 1 - OTHER_COMPILED_VERSIONS
-
-
-class DropBlockSchedule(Callback):
-    """Raise every ``DropBlock2d``'s drop probability linearly from 0 at the first optimizer step to its
-    target at the last one (the paper ramps 0 -> 0.1 over training).
-
-    The targets are the probabilities the layers were built with (``model_overrides.dropblock_prob``)
-    unless ``target`` overrides them. The probability follows ``trainer.global_step``, so a resumed run
-    continues the ramp where it stopped.
-
-    Args:
-        target: final probability of every DropBlock layer; ``None`` keeps each layer's own.
-        increments: move the probability in this many equal increments instead of at every step. A
-            ``torch.compile``-d backbone recompiles for every new probability and falls back to eager after
-            dynamo's recompile limit, so with ``compile=True`` increments are clamped to
-            :func:`max_compiled_increments` (4 with torch 2.14's limit of 8).
-    """
-
-    def __init__(self, target: float | None = None, increments: int | None = None) -> None:
-        if target is not None and not 0.0 <= target <= 1.0:
-            raise ValueError(f"target must lie in [0, 1]; got {target}")
-        if increments is not None and increments < 1:
-            raise ValueError(f"increments must be >= 1 (or None for every step); got {increments}")
-        self.target = target
-        self.increments = increments
-        self._blocks: list[DropBlock2d] = []
-        self._targets: list[float] = []
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        blocks = [m for m in pl_module.modules() if isinstance(m, DropBlock2d)]
-        if not blocks:
-            raise ValueError(
-                "DropBlockSchedule found no DropBlock layers in the model; build it with "
-                "model_overrides: {dropblock_prob: 0.1} or remove the callback"
-            )
-        if len(self._targets) != len(blocks):
-            self._targets = [m.p if self.target is None else self.target for m in blocks]
-        self._blocks = blocks
-        limit = max_compiled_increments()
-        if pl_module.hparams.get("compile") and (self.increments is None or self.increments > limit):
-            if limit < 1:
-                rank_zero_warn(
-                    "DropBlockSchedule changes the drop probability of a compiled model, which recompiles it for "
-                    "each new value, and dynamo's recompile limit leaves no room for a ramp: raise "
-                    "torch._dynamo.config.recompile_limit or the model runs in eager mode once it is passed"
-                )
-                return
-            rank_zero_warn(
-                "DropBlockSchedule changes the drop probability of a compiled model, which recompiles it for each "
-                f"new value; the ramp takes {limit} increments instead of {self.increments or 'one per step'}, to "
-                f"stay within dynamo's recompile limit ({limit} increments + 1 versions for the drop probabilities, "
-                f"{OTHER_COMPILED_VERSIONS} for evaluation and new batch sizes)"
-            )
-            self.increments = limit
-
-    def fraction(self, step: int, total_steps: int) -> float:
-        """Share of the target reached at optimizer step ``step`` of ``total_steps``."""
-        share = min(1.0, step / max(1, total_steps - 1))
-        if self.increments:
-            share = math.floor(share * self.increments) / self.increments
-        return share
-
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        share = self.fraction(trainer.global_step, int(trainer.estimated_stepping_batches))
-        for block, target in zip(self._blocks, self._targets, strict=True):
-            block.p = target * share
+from ..peak_flops import dense_peak_tflops
 
 
 def fp32_precision_name() -> str:
@@ -227,22 +129,3 @@ def _is_last_batch(trainer: pl.Trainer, stage: RunningStage) -> bool:
         return False
     loop = trainer.fit_loop.epoch_loop if stage == RunningStage.TRAINING else trainer._evaluation_loop
     return bool(loop.batch_progress.is_last_batch)
-
-
-class KeepHostMemory(Callback):
-    """Let a CPU run reuse its freed activation memory instead of page-faulting it back in every step.
-
-    On a CPU device it calls :func:`resnest_pl.host_memory.keep_freed_host_memory` (glibc only; 7-8 % of a
-    ResNeSt-50 train step on the project's machine). GPU runs keep activations in device memory and are
-    left alone. The CLI adds this callback to every run.
-    """
-
-    def __init__(self) -> None:
-        self.active = False
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if trainer.strategy.root_device.type != "cpu" or self.active:
-            return
-        self.active = keep_freed_host_memory()
-        if not self.active:
-            rank_zero_debug("KeepHostMemory: the C library is not glibc; host memory handling is left as it is")

@@ -11,7 +11,7 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-from .training.evaluation import class_names_for
+from ..training.evaluation import class_names_for
 
 TOP_K = 5
 

@@ -8,7 +8,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
 
-from .training.optim import HEAD
+from ..training.optim import HEAD
 
 
 class FreezeBackbone(Callback):
