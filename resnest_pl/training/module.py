@@ -6,7 +6,6 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -23,20 +22,19 @@ from ..data.transforms import normalize
 from ..models import IncompatibleCheckpointError, create_model
 from ..models.weights import load_line
 from ..runs import classes_mismatch
+from .augment import augment_batch
 from .compile import check_compile_with_sync_batchnorm, uses_sync_batchnorm
 from .erasing import EraseMode, RandomErasing
 from .evaluation import accuracy_metrics, hflip_logits, per_class_metrics, report_per_class
 from .mixing import BatchMixer
-from .optim import NesterovSGD, apply_lr_scales, check_finetune_options, optimizer_from_spec, parameter_groups
+from .optim import NesterovSGD, apply_lr_scales, optimizer_from_spec, parameter_groups
+from .options import check_options
 from .random_state import random_state, rank_seed, set_random_state
 from .run_record import RUN_KEY, check_architecture, run_record, saved_hyperparameters
 from .schedule import scale_to_global_batch, total_steps, warmup_cosine_scheduler, warmup_steps
 
 # Lightning warns whenever a module overrides this hook and a data module is passed; normalising there is the plan.
 warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer` in `LightningModule` but")
-
-# Tells random erasing's generator apart from mixing's, both seeded by the training step's position.
-ERASING = 1
 
 
 class ResNeStClassifier(pl.LightningModule):
@@ -123,18 +121,7 @@ class ResNeStClassifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2; got {num_classes}")
-        if warmup_epochs < 0 or min_lr < 0 or mix_off_epochs < 0:
-            raise ValueError(
-                "warmup_epochs, min_lr and mix_off_epochs must be >= 0; "
-                f"got {warmup_epochs}, {min_lr}, {mix_off_epochs}"
-            )
-        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
-            raise ValueError(f"ema_decay must lie in (0, 1), e.g. 0.9998, or be null to disable; got {ema_decay}")
-        if ema_every_n_steps < 1:
-            raise ValueError(f"ema_every_n_steps must be >= 1; got {ema_every_n_steps}")
-        check_finetune_options(layer_decay, freeze_backbone_epochs)
+        check_options(self.hparams)
         if isinstance(optimizer, Mapping):
             optimizer = optimizer_from_spec(optimizer)
         self.optimizer_factory = optimizer
@@ -278,15 +265,11 @@ class ResNeStClassifier(pl.LightningModule):
         # Never None, which DDP cannot skip: the data modules replace unreadable training images (ImageDataModule).
         images, targets, skipped = self._unpack(batch)
         self._input_shape = tuple(images.shape)
-        if self.eraser.enabled:
-            # Here rather than in on_after_batch_transfer, which has no batch index: the step's position seeds the
-            # boxes and noise, so a resumed run erases as the uninterrupted one on every rank. Before mixing, as in
-            # torchvision's reference and timm without its prefetcher (whose loader mixes before it erases).
-            rng = np.random.default_rng([self._mix_seed, self.global_rank, self.current_epoch, batch_idx, ERASING])
-            images = self.eraser(images, rng)
-        if self._mixing_active():
-            rng = np.random.default_rng([self._mix_seed, self.global_rank, self.current_epoch, batch_idx])
-            images, soft_targets = self.mixer(images, targets, rng)
+        # Here rather than in on_after_batch_transfer, which has no batch index: the step's position seeds them.
+        mixing = self._mixing_active()
+        position = (self._mix_seed, self.global_rank, self.current_epoch, batch_idx)
+        images, soft_targets = augment_batch(images, targets, self.eraser, self.mixer, mixing, position)
+        if soft_targets is not None:
             loss = F.cross_entropy(self(images).float(), soft_targets)
         else:
             loss = F.cross_entropy(self(images).float(), targets, label_smoothing=self.hparams.label_smoothing)

@@ -80,19 +80,6 @@ def parameter_groups(model: nn.Module, layer_decay: float | None = None) -> list
     return groups if layer_decay is None else split_by_depth(groups, model, layer_decay)
 
 
-def check_finetune_options(layer_decay: float | None, freeze_backbone_epochs: int) -> None:
-    """Refuse values that cannot work (raised from the module's ``__init__``: the CLI shows one line)."""
-    if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
-        raise ValueError(
-            f"layer_decay must lie in (0, 1], e.g. 0.7 (each stage below the head learns 0.7x slower), or be null "
-            f"to disable; got {layer_decay}"
-        )
-    if freeze_backbone_epochs < 0:
-        raise ValueError(
-            f"freeze_backbone_epochs must be >= 0 (0: train everything from the start); got {freeze_backbone_epochs}"
-        )
-
-
 def layer_depth(name: str) -> int:
     """Depth of the parameter or module ``name`` (relative to the backbone, e.g. ``layer3.0.conv1.weight``):
     0 for the head, 1-4 for ``layer4`` to ``layer1``, 5 for the stem."""
