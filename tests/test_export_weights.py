@@ -7,6 +7,8 @@ import importlib.util
 import json
 import logging
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,19 @@ from resnest_pl.models.twins import reference_kwargs, reference_name, timm_name
 from resnest_pl.models.weights import extract_state_dict
 from resnest_pl.training.module import ResNeStClassifier
 
-from .helpers import make_trainer
+from .helpers import ROOT, make_trainer
+
+# What reading a checkpoint or exporting it needs none of: the exporter runs where the training stack is not installed.
+TRAINING_STACK = ("pytorch_lightning", "lightning_fabric", "albumentations", "cv2")
+
+
+def test_the_exporter_and_the_run_record_import_without_the_training_stack() -> None:
+    code = (
+        "import sys, resnest_pl.export, resnest_pl.training.run_record; "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {TRAINING_STACK!r}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.fixture(scope="module")
