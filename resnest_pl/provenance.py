@@ -17,14 +17,15 @@ import sys
 from collections.abc import Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .data.datasets import ArrayDataset, ImageFileDataset
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+
 
 FILE_NAME = "provenance.json"
 DIFF_NAME = "code.diff"
@@ -98,6 +99,9 @@ def _file_lines(files: list[str], targets: list[int]) -> list[str]:
 
 def split_fingerprint(dataset: Dataset) -> dict[str, Any] | None:
     """``{"samples", "sha256"}`` of one split, or None for a dataset of a kind it cannot list."""
+    # Here: the data package imports Lightning, which the exporter (data_differences' reader) does without.
+    from .data.datasets import ArrayDataset, ImageFileDataset
+
     indices: list[int] | None = None
     while isinstance(dataset, Subset):
         indices = [int(i) for i in dataset.indices] if indices is None else [int(dataset.indices[i]) for i in indices]
