@@ -6,16 +6,22 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytorch_lightning as pl
 import torch
+from jsonargparse import Namespace
 from pytorch_lightning.callbacks import Callback
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-from resnest_pl.cli import main
+from resnest_pl.cli import ResNeStCLI, default_callbacks, main
+from resnest_pl.data import ImageDataModule
 from resnest_pl.models import ResNeSt, create_model
+from resnest_pl.training.module import ResNeStClassifier
 from resnest_pl.training.run_record import RUN_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +29,7 @@ CONFIGS = ROOT / "configs"
 QUICK = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 TINY = dict(width_multiplier=0.25, stem_width=8, min_attn_channels=8)
 TINY_SMALL_INPUT = {**TINY, "small_input": True}
+TEMPLATE_CLASSES = 4
 
 
 def tiny_model(name: str = "resnest14d", num_classes: int = 10, **overrides: object) -> ResNeSt:
@@ -178,3 +185,106 @@ def write_run_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, path)
     return path
+
+
+def markdown_table(text: str, header_start: str) -> list[dict[str, str]]:
+    """The rows of the first table in ``text`` whose header line starts with ``header_start``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    header = [cell.strip() for cell in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")), strict=True)))
+    return rows
+
+
+def randomise_batchnorm(model: nn.Module) -> nn.Module:
+    """Random BN statistics and affine parameters (float64), so every layer matters."""
+    generator = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=generator) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=generator) - 0.5)
+    return model
+
+
+def assert_same_outputs(ours: nn.Module, theirs: nn.Module, size: int = 64) -> None:
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    with torch.no_grad():
+        expected = theirs.double().eval()(x)
+        actual = ours.double().eval()(x)
+    error = (actual - expected).abs().max().item()
+    assert error <= 1e-9 * expected.abs().max().item(), f"max abs difference {error}"
+
+
+def signal_at(step: int, name: str) -> list[str]:
+    return [
+        "--trainer.callbacks+=tests.interrupt.SignalAtStep",
+        "--trainer.callbacks.step",
+        str(step),
+        "--trainer.callbacks.signal_name",
+        name,
+    ]
+
+
+def run_cli_process(
+    args: list[str], env: dict[str, str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "resnest_pl.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=full_env,
+    )
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def tiny_classifier(**kwargs: object) -> ResNeStClassifier:
+    """The tiny small-input ResNeSt-14 as a classifier of ``TEMPLATE_CLASSES`` classes (by default)."""
+    kwargs.setdefault("num_classes", TEMPLATE_CLASSES)
+    return ResNeStClassifier("resnest14d", model_overrides=TINY_SMALL_INPUT, **kwargs)
+
+
+def template_data(n: int, seed: int, noise: float = 1.0, skipped: bool = False) -> TensorDataset:
+    """A learnable task: each class is a fixed random 16x16 image, samples add Gaussian noise."""
+    templates = torch.randn(TEMPLATE_CLASSES, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(seed)
+    targets = torch.randint(0, TEMPLATE_CLASSES, (n,), generator=gen)
+    images = templates[targets] + noise * torch.randn(n, 3, 16, 16, generator=gen)
+    tensors = (images, targets, torch.ones(n, dtype=torch.long)) if skipped else (images, targets)
+    return TensorDataset(*tensors)
+
+
+def template_loader(n: int = 64, seed: int = 1, batch_size: int = 16, **kwargs: object) -> DataLoader:
+    skipped = bool(kwargs.pop("skipped", False))
+    return DataLoader(template_data(n, seed, skipped=skipped), batch_size=batch_size, **kwargs)
+
+
+class ParsedCLI(ResNeStCLI):
+    """The real CLI (parser, config files, ``before_instantiate_classes``) that stops before instantiating."""
+
+    def instantiate_classes(self) -> None:
+        """Nothing: the tests read ``self.config``."""
+
+
+def parsed_config(*args: str) -> Namespace:
+    """The resolved config of ``python -m resnest_pl.cli fit ARGS``, as the CLI hands it to the classes."""
+    cli = ParsedCLI(
+        ResNeStClassifier,
+        ImageDataModule,
+        subclass_mode_data=True,
+        trainer_defaults={"callbacks": default_callbacks()},
+        run=False,
+        args=list(args),
+    )
+    return cli.config
