@@ -20,10 +20,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .collate import SkipUnreadable
 from .datasets import ImageFileDataset
+from .device_decode import decode_batch
+from .encoded import EncodedImages
 from .repeated import RepeatedAugmentationSampler
 from .resumable import ResumableSampler, SeededSamples
 from .scan import find_images
-from .transforms import ImageTransform
+from .transforms import ImageTransform, normalize
 
 Split = Literal["train", "val", "test"]
 MID_EPOCH_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
@@ -52,10 +54,11 @@ class ImageDataModule(pl.LightningDataModule, ABC):
     ``H = W = crop_size`` for training batches and ``eval_crop_size`` for val / test / predict batches.
 
     Normalisation happens on the device, after the copy (a quarter of float32's bytes through pinned memory and
-    PCIe): ``ResNeStClassifier.on_after_batch_transfer`` turns ``images`` into float32
-    ``(images / 255 + pixel_shift - mean) / std`` with this data module's ``mean`` and ``std`` and drops
-    ``pixel_shift``, so its steps see ``(images, targets, num_skipped)`` with float images. Code that iterates a
-    loader itself does the same with :func:`resnest_pl.data.normalize`. A new data module follows this contract by
+    PCIe): this data module's :meth:`on_after_batch_transfer`, which Lightning calls on every batch it moves,
+    turns ``images`` into float32 ``(images / 255 + pixel_shift - mean) / std`` with its ``mean`` and ``std``
+    and drops ``pixel_shift`` (decoding encoded batches first), so the module's steps see
+    ``(images, targets, num_skipped)`` with float images. Code that iterates a loader itself does the same with
+    :func:`resnest_pl.data.normalize`. A new data module follows this contract by
     setting ``mean`` / ``std`` and yielding ``uint8`` images.
 
     Set by each subclass's ``__init__`` (the CLI links ``data.num_classes`` to ``model.num_classes``):
@@ -123,6 +126,7 @@ class ImageDataModule(pl.LightningDataModule, ABC):
         self._predict_files: list[str] | None = None
         self._shuffle_seed: int | None = None
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) of a restored checkpoint
+        self._normalization: tuple[torch.Tensor, torch.Tensor] | None = None  # (mean, std) on the batches' device
 
     @abstractmethod
     def build_dataset(self, split: Split) -> Dataset:
@@ -147,6 +151,7 @@ class ImageDataModule(pl.LightningDataModule, ABC):
 
     def setup(self, stage: str) -> None:
         """Build (and so check) the splits ``stage`` uses: fit, validate, test or predict."""
+        self._normalization = None
         if stage == "predict":
             self.dataset("predict")
             return
@@ -207,6 +212,33 @@ class ImageDataModule(pl.LightningDataModule, ABC):
             rank_zero_info(f"resuming epoch {epoch} after its first {done} batches (same order and augmentations)")
             # Lightning warns that a plain DataLoader cannot resume mid-epoch; this one's sampler does.
             warnings.filterwarnings("ignore", message=MID_EPOCH_WARNING, category=PossibleUserWarning)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Normalise ``uint8`` images on the device: ``(images / 255 + pixel_shift - mean) / std``.
+
+        The loaders ship raw pixels (a quarter of float32's bytes; Lightning copies pinned batches with
+        ``non_blocking=True``), plus, in training with PCA lighting, a fourth element ``pixel_shift``, consumed
+        here. Random erasing and mixing follow in the module's ``training_step``, on the normalised images. With
+        ``decode_on_device`` the training batches hold JPEG bytes, decoded and cropped here first, on the device
+        Lightning moved the targets to (:func:`resnest_pl.data.device_decode.decode_batch`). Float images pass
+        through unchanged.
+        """
+        if isinstance(batch[0], EncodedImages):
+            batch = decode_batch(batch, batch[1].device)
+        images = batch[0]
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+            return batch
+        mean, std = self._normalization_on(images.device)
+        shift = batch[3] if len(batch) > 3 else None
+        return (normalize(images, mean, std, pixel_shift=shift), *batch[1:3])
+
+    def _normalization_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mean`` and ``std`` as tensors on ``device``, made once: a copy per batch from pageable memory would
+        wait for the GPU's stream."""
+        if self._normalization is None or self._normalization[0].device != device:
+            mean, std = (torch.tensor(v, dtype=torch.float32, device=device) for v in (self.mean, self.std))
+            self._normalization = (mean, std)
+        return self._normalization
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,9 +15,6 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torchmetrics import MeanMetric
 
 from ..callbacks import FreezeBackbone, FusedEMAWeightAveraging, RecordProvenance
-from ..data.device_decode import decode_batch
-from ..data.encoded import EncodedImages
-from ..data.transforms import normalize
 from ..models import IncompatibleCheckpointError, create_model
 from ..models.weights import load_line
 from ..runs import classes_mismatch
@@ -33,17 +29,19 @@ from .random_state import random_state, rank_seed, set_random_state
 from .run_record import RUN_KEY, check_architecture, run_record, saved_hyperparameters
 from .schedule import scale_to_global_batch, total_steps, warmup_cosine_scheduler, warmup_steps
 
-# Lightning warns whenever a module overrides this hook and a data module is passed; normalising there is the plan.
-warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer` in `LightningModule` but")
+NOT_NORMALISED = (
+    "the batches hold uint8 pixels but there is no data module with mean and std to normalise them; "
+    "pass datamodule=... to the trainer, or yield normalised float images"
+)
 
 
 class ResNeStClassifier(pl.LightningModule):
     """Image classification with a ResNeSt backbone and the paper's training recipe.
 
     Batches are ``(images, targets)`` or ``(images, targets, num_skipped)`` for fit/validate/test and
-    ``(images, indices)`` for predict. ``uint8`` images (the data modules', see ``ImageDataModule``) are
-    normalised on the device in :meth:`on_after_batch_transfer` with the data module's ``mean`` and ``std``;
-    float images are taken as already normalised.
+    ``(images, indices)`` for predict, with float images: the data modules' ``uint8`` pixels are decoded and
+    normalised on the device by the data module's ``on_after_batch_transfer`` (see ``ImageDataModule``), and
+    ``uint8`` images that reach the steps without one are refused.
 
     Args:
         model_name: a name from ``resnest_pl.models.list_models()``.
@@ -138,7 +136,6 @@ class ResNeStClassifier(pl.LightningModule):
         self.test_loss = MeanMetric()
         self.per_class = per_class_metrics(class_metrics, num_classes)
         self._mix_seed = 0
-        self._normalization: tuple[torch.Tensor, torch.Tensor] | None = None  # the data's (mean, std)
         self._rng_to_restore: dict[str, torch.Tensor] | None = None
         # Names of the classifier's outputs: from the data module at setup, from the checkpoint once one loads.
         self.class_names: list[str] | None = None
@@ -172,11 +169,6 @@ class ResNeStClassifier(pl.LightningModule):
                 f"the data has {data_classes} classes but the model was built with num_classes="
                 f"{self.hparams.num_classes}; set model.num_classes={data_classes}"
             )
-        mean, std = (getattr(self.trainer.datamodule, key, None) for key in ("mean", "std"))
-        self._normalization = None
-        if mean is not None and std is not None:  # on the device the strategy will move the module to
-            mean_t, std_t = (torch.tensor(v, dtype=torch.float32, device=self.device) for v in (mean, std))
-            self._normalization = (mean_t, std_t)
         names = getattr(self.trainer.datamodule, "class_names", None)
         if names and len(names) == self.hparams.num_classes:
             self.class_names = list(names)
@@ -213,36 +205,10 @@ class ResNeStClassifier(pl.LightningModule):
 
     # ---- steps -------------------------------------------------------------------------------------------
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Normalise ``uint8`` images on the device: ``(images / 255 + pixel_shift - mean) / std``.
-
-        The loaders ship raw pixels (a quarter of float32's bytes; Lightning copies pinned batches with
-        ``non_blocking=True``), plus, in training with PCA lighting, a fourth element ``pixel_shift``, consumed
-        here. Random erasing and mixing follow in ``training_step``, on the normalised images. With
-        ``decode_on_device`` the training batches hold JPEG bytes, decoded and cropped here first
-        (:func:`resnest_pl.data.device_decode.decode_batch`).
-        """
-        if isinstance(batch[0], EncodedImages):
-            batch = decode_batch(batch, self.device)
-        images = batch[0]
-        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
-            return batch
-        if self._normalization is None:
-            raise ValueError(
-                "the batches hold uint8 pixels but there is no data module with mean and std to normalise them; "
-                "pass datamodule=... to the trainer, or yield normalised float images"
-            )
-        mean, std = self._normalization
-        if mean.device != images.device:  # moved once: a copy per batch from pageable memory would sync the GPU
-            self._normalization = mean, std = mean.to(images.device), std.to(images.device)
-        shift = batch[3] if len(batch) > 3 else None
-        images = normalize(images, mean, std, pixel_shift=shift)
-        return (images, *batch[1:3])
-
     @staticmethod
     def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         images, targets, *rest = batch
-        return images, targets, rest[0] if rest else None
+        return _normalised(images), targets, rest[0] if rest else None
 
     def _mixing_active(self) -> bool:
         if not self.mixer.enabled:
@@ -265,7 +231,8 @@ class ResNeStClassifier(pl.LightningModule):
         # Never None, which DDP cannot skip: the data modules replace unreadable training images (ImageDataModule).
         images, targets, skipped = self._unpack(batch)
         self._input_shape = tuple(images.shape)
-        # Here rather than in on_after_batch_transfer, which has no batch index: the step's position seeds them.
+        # Here rather than in the data module's on_after_batch_transfer, which has no batch index: the step's
+        # position seeds them.
         mixing = self._mixing_active()
         position = (self._mix_seed, self.global_rank, self.current_epoch, batch_idx)
         images, soft_targets = augment_batch(images, targets, self.eraser, self.mixer, mixing, position)
@@ -323,6 +290,7 @@ class ResNeStClassifier(pl.LightningModule):
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         """Class probabilities of ``(images, indices)`` batches, returned with their dataset indices."""
         images, indices = batch
+        images = _normalised(images)
         return {"indices": indices, "probs": self._eval_logits(images).softmax(dim=-1)}
 
     # ---- checkpoints -------------------------------------------------------------------------------------
@@ -377,3 +345,10 @@ class ResNeStClassifier(pl.LightningModule):
                 loss_fn = torch.Tensor.sum if self.training else None
                 self._flops[key] = measure_flops(model, lambda: model(images), loss_fn)
         return self._flops[key]
+
+
+def _normalised(images: torch.Tensor) -> torch.Tensor:
+    """``images``, refused when they are ``uint8`` pixels that no data module normalised."""
+    if images.dtype == torch.uint8:
+        raise ValueError(NOT_NORMALISED)
+    return images

@@ -18,9 +18,9 @@ import torchvision.datasets.cifar as tv_cifar
 from albumentations.pytorch import ToTensorV2
 from lightning_fabric.utilities.seed import pl_worker_init_function
 from pytorch_lightning.callbacks import Callback
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from resnest_pl.data import CIFAR10DataModule, DigitsDataModule, ImageDataModule, ImageNetDataModule
+from resnest_pl.data import CIFAR10DataModule, DigitsDataModule, ImageDataModule, ImageNetDataModule, normalize
 from resnest_pl.data.datamodule import init_worker
 from resnest_pl.data.resumable import ResumableSampler
 from resnest_pl.data.transforms import IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC, ImageTransform, PCALighting
@@ -70,7 +70,8 @@ def expected_batch(dm: ImageDataModule, split: str) -> torch.Tensor:
 
 
 class FirstBatches(Callback):
-    """The first train and val batch as the module's steps see them, after ``on_after_batch_transfer``."""
+    """The first train and val batch as the module's steps see them, after the data module's
+    ``on_after_batch_transfer``."""
 
     def __init__(self) -> None:
         self.batches: dict[str, tuple] = {}
@@ -119,12 +120,34 @@ def test_the_module_sees_the_float_pipelines_pixels(make_data, tmp_path, monkeyp
         torch.testing.assert_close(images, expected_batch(dm, split), rtol=0, atol=1e-5)
 
 
-def test_uint8_batches_without_mean_and_std_are_refused() -> None:
-    model = ResNeStClassifier("resnest14d", num_classes=4, model_overrides=TINY_SMALL_INPUT)
-    floats = (torch.randn(2, 3, 8, 8), torch.zeros(2, dtype=torch.long))
-    assert model.on_after_batch_transfer(floats, 0) is floats  # already normalised: left alone
-    with pytest.raises(ValueError, match="uint8 pixels but there is no data module with mean and std"):
-        model.on_after_batch_transfer((torch.zeros(2, 3, 8, 8, dtype=torch.uint8), floats[1]), 0)
+def test_the_data_modules_hook_normalises_uint8_once_and_leaves_floats_alone() -> None:
+    dm = DigitsDataModule(image_size=8, batch_size=2)
+    floats = (torch.randn(2, 3, 8, 8), torch.zeros(2, dtype=torch.long), torch.zeros((), dtype=torch.long))
+    assert dm.on_after_batch_transfer(floats, 0) is floats  # already normalised: left alone
+    pixels = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    shift = torch.randn(2, 3) / 50  # PCA lighting's per-image shift: consumed
+    images, targets, skipped = dm.on_after_batch_transfer((pixels, *floats[1:], shift), 0)
+    torch.testing.assert_close(images, normalize(pixels, dm.mean, dm.std, pixel_shift=shift))
+    assert targets is floats[1] and skipped is floats[2]
+    cached = dm._normalization
+    images, indices = dm.on_after_batch_transfer((pixels, floats[1]), 0)  # a predict batch
+    assert indices is floats[1]
+    torch.testing.assert_close(images, normalize(pixels, dm.mean, dm.std))
+    assert dm._normalization is cached  # made once, not per batch
+    dm.on_after_batch_transfer((pixels.to("meta"), floats[1].to("meta")), 0)  # a module moved to another device
+    assert {tensor.device.type for tensor in dm._normalization} == {"meta"}
+
+
+def test_uint8_batches_without_a_data_module_are_refused() -> None:
+    model = ResNeStClassifier("resnest14d", num_classes=4, model_overrides=TINY_SMALL_INPUT, warmup_epochs=0)
+    pixels = torch.zeros(4, 3, 16, 16, dtype=torch.uint8)
+    loader = DataLoader(TensorDataset(pixels, torch.zeros(4, dtype=torch.long)), batch_size=2)
+    message = "uint8 pixels but there is no data module with mean and std"
+    with pytest.raises(ValueError, match=message):
+        make_trainer(max_steps=1).fit(model, loader)
+    for step in (model.training_step, model.validation_step, model.predict_step):
+        with pytest.raises(ValueError, match=message):
+            step((pixels[:2], torch.zeros(2, dtype=torch.long)), 0)
 
 
 def fake_trainer(device: str, world_size: int = 1, rank: int = 0) -> SimpleNamespace:

@@ -246,8 +246,8 @@ class FirstBatch(Callback):
             self.images = batch[0].detach().clone()
 
 
-def test_the_module_decodes_and_normalises_before_its_steps(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A fit through ResNeStClassifier's batch hook, on the CPU (the GPU check stood aside for the test)."""
+def test_the_data_module_decodes_and_normalises_before_the_steps(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fit through the data module's batch hook, on the CPU (the GPU check stood aside for the test)."""
     monkeypatch.setattr(image_folder_module, "check_decode_device", lambda device: None)
     pl.seed_everything(0)
     data = device_data(folder, lighting=0.1, drop_last=True)
@@ -259,6 +259,9 @@ def test_the_module_decodes_and_normalises_before_its_steps(folder: Path, monkey
     images, _, _, shift = decode_batch(next(iter(data.train_dataloader())), "cpu")
     assert torch.equal(first.images, normalize(images, data.mean, data.std, pixel_shift=shift))
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    # The hook alone, on the device of the batch's targets: the same images, the pixel shift consumed.
+    hooked = data.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)
+    assert len(hooked) == 3 and torch.equal(hooked[0], first.images)
 
 
 def jpeg_folder_fit_args(root: Path, tmp_path: Path, *configs: str) -> list[str]:

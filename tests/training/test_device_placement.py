@@ -3,9 +3,10 @@
 No GPU takes part in the tests, so the meta device stands in for one. Lightning builds a fit in this order:
 callbacks' and the module's ``setup`` run while the module still sits on the CPU but already reports the
 strategy's device as ``pl_module.device`` (``_call_setup_hook`` sets ``_device``); then the strategy moves the
-module; then batches arrive on the device. The tests follow the same order with ``torch.device("meta")``, so a
-tensor made on the CPU where the device was meant shows up by its device, or fails the first operation that mixes
-it with meta tensors, as it would fail with CUDA tensors.
+module; then batches arrive on the device, where the data module's ``on_after_batch_transfer`` normalises them.
+The tests follow the same order with ``torch.device("meta")``, so a tensor made on the CPU where the device was
+meant shows up by its device, or fails the first operation that mixes it with meta tensors, as it would fail with
+CUDA tensors.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from resnest_pl.training.module import ResNeStClassifier
 from ..helpers import TINY_SMALL_INPUT, make_trainer
 
 META = torch.device("meta")
-CLASSES = 4
+CLASSES = 10  # the digits'
 
 
 def _module(**kwargs: object) -> ResNeStClassifier:
@@ -34,7 +35,6 @@ def _module(**kwargs: object) -> ResNeStClassifier:
 
 
 def _fake_trainer() -> SimpleNamespace:
-    data = SimpleNamespace(mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2), num_classes=CLASSES, class_names=None)
     return SimpleNamespace(
         global_rank=0,
         world_size=1,
@@ -42,7 +42,7 @@ def _fake_trainer() -> SimpleNamespace:
         current_epoch=0,
         max_epochs=2,
         estimated_stepping_batches=10,
-        datamodule=data,
+        datamodule=DigitsDataModule(image_size=16, batch_size=8),
         strategy=SimpleNamespace(_layer_sync=None),
     )
 
@@ -73,7 +73,8 @@ def test_a_training_step_makes_every_tensor_on_the_module_device() -> None:
     for callback in callbacks:
         callback.setup(trainer, module, "fit")  # type: ignore[arg-type]
     module.setup("fit")
-    assert module._normalization is not None and _devices(module._normalization) == {"meta"}
+    data = trainer.datamodule
+    data.setup("fit")
 
     module.to(META)  # the strategy's move
     uint8 = torch.zeros(8, 3, 16, 16, dtype=torch.uint8, device=META)
@@ -81,8 +82,9 @@ def test_a_training_step_makes_every_tensor_on_the_module_device() -> None:
     shift = torch.zeros(8, 3, device=META)  # PCA lighting's per-image shift
     for callback in callbacks:
         callback.on_train_batch_start(trainer, module, batch, 0)  # type: ignore[arg-type]
-    images, targets, skipped = module.on_after_batch_transfer((*batch, shift), 0)
+    images, targets, skipped = data.on_after_batch_transfer((*batch, shift), 0)
     assert images.device == META and images.dtype == torch.float32
+    assert data._normalization is not None and _devices(data._normalization) == {"meta"}  # the batches' device
     loss = module.training_step((images, targets, skipped), 0)
     assert loss.device == META
     loss.backward()
