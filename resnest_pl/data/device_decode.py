@@ -1,7 +1,7 @@
 """Decoding, random-resized crop, flip, colour jitter and PCA lighting of training JPEGs on the device
 (``decode_on_device``).
 
-The loader workers only read the files (:mod:`resnest_pl.data.encoded`); ``ResNeStClassifier``'s
+The loader workers only read the files (:mod:`resnest_pl.data.encoded`); ``ImageDataModule``'s
 ``on_after_batch_transfer`` calls :func:`decode_batch`, which decodes the batch's JPEGs in one
 ``torchvision.io.decode_jpeg`` call (nvJPEG on a CUDA device), draws every image's crop, flip, jitter and lighting
 from its own seed (``(run seed, epoch, index)``, so a resumed run augments exactly as before), and returns

@@ -3,7 +3,7 @@
 Every pipeline maps an RGB ``uint8`` ``(H, W, 3)`` array to a ``uint8`` ``(3, h, w)`` tensor: loaders ship raw
 pixels, a quarter of float32's bytes through pinned memory and the host-to-device copy. The conversion to float
 and the normalisation happen on the device, batched (:func:`normalize`, called by
-``ResNeStClassifier.on_after_batch_transfer``); so does the PCA lighting noise, which a ``uint8`` image cannot
+``ImageDataModule.on_after_batch_transfer``); so does the PCA lighting noise, which a ``uint8`` image cannot
 hold (it is a fraction of a grey level to a dozen, of either sign, and must not be clipped at 0 or 255): the
 pipeline only draws it, and :class:`ImageTransform` returns it with the image as a per-image RGB offset.
 """
