@@ -12,13 +12,14 @@ import inspect
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from jsonargparse import ArgumentParser
 from pytorch_lightning.cli import LightningArgumentParser
 
 from .errors import fail
 from .models.config import ResNeStConfig
+from .training.run_record import with_moved_class_paths
 
 OVERRIDES_KEY = "model.model_overrides"
 # jsonargparse's messages for a key no parser knows, on the command line or in a config file.
@@ -112,7 +113,11 @@ def explain_gpu_missing(message: str) -> str | None:
 
 class OneLineErrorParser(LightningArgumentParser):
     """LightningCLI's parser, whose errors end the program with one ``error:`` line and exit status 2 instead of
-    the whole usage (``--help`` still prints it)."""
+    the whole usage (``--help`` still prints it), and which reads the hyper-parameters of checkpoints written
+    before a class moved (LightningCLI parses them for ``--ckpt_path``) as naming its current home."""
+
+    def parse_object(self, cfg_obj: Any, *args: Any, **kwargs: Any) -> Any:
+        return super().parse_object(with_moved_class_paths(cfg_obj), *args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:

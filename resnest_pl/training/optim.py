@@ -55,9 +55,15 @@ def optimizer_spec(optimizer: Any) -> dict[str, Any] | None:
     return {"class_path": f"{optimizer.__module__}.{optimizer.__qualname__}", "init_args": init_args}
 
 
+# Optimizers that moved, by the class path that checkpoints written before the move hold in their hyper-parameters.
+MOVED_OPTIMIZERS = {"resnest_pl.module.NesterovSGD": "resnest_pl.training.optim.NesterovSGD"}
+
+
 def optimizer_from_spec(spec: Mapping[str, Any]) -> OptimizerCallable:
-    """The optimizer callable described by :func:`optimizer_spec`'s output."""
-    module, _, name = spec["class_path"].rpartition(".")
+    """The optimizer callable described by :func:`optimizer_spec`'s output (or by an older checkpoint's, whose
+    class path may name the optimizer's former home: :data:`MOVED_OPTIMIZERS`)."""
+    class_path = MOVED_OPTIMIZERS.get(spec["class_path"], spec["class_path"])
+    module, _, name = class_path.rpartition(".")
     return functools.partial(getattr(importlib.import_module(module), name), **spec.get("init_args", {}))
 
 

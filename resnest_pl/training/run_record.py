@@ -13,7 +13,7 @@ import torch
 
 from ..models import IncompatibleCheckpointError, describe_model, same_architecture
 from ..models.weights import RUN_RECORD_KEY, state_mismatch
-from .optim import optimizer_spec
+from .optim import MOVED_OPTIMIZERS, optimizer_spec
 from .schedule import global_batch_size
 
 if TYPE_CHECKING:
@@ -127,3 +127,19 @@ def check_architecture(
             f"the checkpoint's weights do not fit the model {ours}: {problems}; use the model settings it "
             "was trained with"
         )
+
+
+def with_moved_class_paths(value: Any) -> Any:
+    """``value`` (a checkpoint's hyper-parameters, say) with every ``class_path`` that names a class's former home
+    (:data:`~resnest_pl.training.optim.MOVED_OPTIMIZERS`) naming its current one; LightningCLI parses a
+    checkpoint's hyper-parameters for ``--ckpt_path``, and would fail on a path that no longer imports."""
+    if isinstance(value, Mapping):
+        return {
+            key: MOVED_OPTIMIZERS.get(item, item)
+            if key == "class_path" and isinstance(item, str)
+            else with_moved_class_paths(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [with_moved_class_paths(item) for item in value]
+    return value
