@@ -288,3 +288,14 @@ def parsed_config(*args: str) -> Namespace:
         args=list(args),
     )
     return cli.config
+
+
+def assert_same_gradients(ours: nn.Module, theirs: nn.Module, size: int, targets: list[int], rtol: float) -> None:
+    """One cross-entropy backward of both float64 models on the same batch: equal gradients, name by name."""
+    images = torch.randn(len(targets), 3, size, size, dtype=torch.float64)
+    target = torch.tensor(targets)
+    nn.functional.cross_entropy(theirs(images), target).backward()
+    nn.functional.cross_entropy(ours(images), target).backward()
+    theirs_params = dict(theirs.named_parameters())
+    for name, param in ours.named_parameters():
+        torch.testing.assert_close(param.grad, theirs_params[name].grad, rtol=rtol, atol=1e-12, msg=name)

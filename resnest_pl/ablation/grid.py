@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from jsonargparse import ArgumentError as ParseError
 from jsonargparse import ArgumentParser
 
 from ..models import ResNeStConfig, get_variant
+from ..yaml_files import read_yaml_file
 
 RSKXWD = ("radix", "cardinality", "bottleneck_width")
 # Set by the runner for every cell-seed, so a grid file may not fix them.
@@ -105,12 +105,7 @@ class Cell:
 def load_grid(path: str | Path) -> GridFile:
     """Read and type-check a grid file; raises :class:`GridError` naming the problem."""
     path = Path(path)
-    if not path.is_file():
-        raise GridError(f"grid file {path} not found")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise GridError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
+    doc = read_yaml_file(path, GridError, f"grid file {path} not found", str(path))
     if not isinstance(doc, dict):
         raise GridError(f"{path} must hold a mapping with at least `base:` and `grid:` or `cells:`")
     allowed = [f.name for f in dataclasses.fields(GridFile)]

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from ..yaml_files import read_yaml_file
 from . import TuneError
 
 FIELDS = {
@@ -34,12 +34,8 @@ REQUIRED = {"float": {"low", "high"}, "int": {"low", "high"}, "categorical": {"c
 def load_space(path: str | Path) -> dict[str, BaseDistribution]:
     """The distributions of a search-space file, in its order; raises TuneError naming the entry at fault."""
     path = Path(path)
-    if not path.is_file():
-        raise TuneError(f"search space {path} does not exist; pass a YAML file like configs/tune/quickstart.yaml")
-    try:
-        entries = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise TuneError(f"search space {path} is not valid YAML: {' '.join(str(err).split())}") from None
+    missing = f"search space {path} does not exist; pass a YAML file like configs/tune/quickstart.yaml"
+    entries = read_yaml_file(path, TuneError, missing, f"search space {path}")
     if not isinstance(entries, dict) or not entries:
         raise TuneError(f"search space {path} must map CLI keys to {{type: ..., ...}} entries; it holds none")
     return {str(key): dimension(str(key), spec) for key, spec in entries.items()}

@@ -10,11 +10,10 @@ import pytest
 import timm
 import torch
 from resnest import torch as reference
-from torch import nn
 
 from resnest_pl.models import create_model
 
-from ..helpers import assert_same_outputs, randomise_batchnorm
+from ..helpers import assert_same_gradients, assert_same_outputs, randomise_batchnorm
 
 REFERENCE_VARIANTS = [
     "resnest50",
@@ -67,12 +66,6 @@ def test_train_mode_gradients_match_reference() -> None:
     theirs = randomise_batchnorm(reference.resnest50(pretrained=False).double()).train()
     ours = create_model("resnest50").double().train()
     ours.load_state_dict(theirs.state_dict(), strict=True)
-    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
-    target = torch.tensor([3, 7])
-    nn.functional.cross_entropy(theirs(x), target).backward()
-    nn.functional.cross_entropy(ours(x), target).backward()
-    theirs_params = dict(theirs.named_parameters())
-    for name, p in ours.named_parameters():
-        torch.testing.assert_close(p.grad, theirs_params[name].grad, rtol=1e-8, atol=1e-12, msg=name)
+    assert_same_gradients(ours, theirs, size=64, targets=[3, 7], rtol=1e-8)
     for name, buffer in ours.named_buffers():  # batch statistics were updated identically
         torch.testing.assert_close(buffer, theirs.get_buffer(name), rtol=1e-10, atol=1e-12, msg=name)

@@ -26,7 +26,7 @@ from resnest_pl.models import (
 from resnest_pl.models.__main__ import format_table, variant_rows
 from resnest_pl.models.complexity import count_macs, count_params
 
-from ..helpers import assert_same_outputs, randomise_batchnorm, tiny_model
+from ..helpers import assert_same_gradients, assert_same_outputs, randomise_batchnorm, tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 # Exact parameter counts (1000 classes), counted once from the reference implementations' constructors:
@@ -305,13 +305,7 @@ def test_split_conv_model_equals_the_grouped_one_with_gradients(overrides: dict)
     grouped = randomise_batchnorm(tiny_model(**overrides).double()).train()
     split = tiny_model(conv_impl="split", **overrides).double().train()
     split.load_state_dict(grouped.state_dict(), strict=True)
-    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
-    target = torch.tensor([1, 7])
-    nn.functional.cross_entropy(grouped(x), target).backward()
-    nn.functional.cross_entropy(split(x), target).backward()
-    grouped_params = dict(grouped.named_parameters())
-    for name, p in split.named_parameters():
-        torch.testing.assert_close(p.grad, grouped_params[name].grad, rtol=1e-9, atol=1e-12, msg=name)
+    assert_same_gradients(split, grouped, size=32, targets=[1, 7], rtol=1e-9)
     assert_same_outputs(split, grouped, size=32)
 
 
