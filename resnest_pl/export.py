@@ -26,11 +26,10 @@ from .models import (
     IncompatibleCheckpointError,
     create_model,
     describe_model,
-    get_variant,
     read_checkpoint,
     same_architecture,
 )
-from .models.eval_config import IMAGENET_MEAN, IMAGENET_STD
+from .models.eval_config import resolve_eval_config
 from .models.twins import reference_name, timm_name
 from .models.weights import EXPORT_CONFIG, RUN_RECORD_KEY, extract_state_dict, has_ema, state_mismatch
 from .onnx_export import OPSET, check_onnx_available, write_onnx
@@ -86,19 +85,23 @@ def average_states(states: Sequence[Mapping[str, torch.Tensor]], names: Sequence
 def eval_settings(checkpoint: Mapping[str, Any], name: str) -> dict[str, Any]:
     """Evaluation preprocessing: the data module's settings recorded in the checkpoint when present (its
     ``datamodule_hyper_parameters``, then the attributes ``ResNeStClassifier`` records), else the variant's."""
-    variant = get_variant(name)
     data = {
         **(checkpoint.get("datamodule_hyper_parameters") or {}),
         **(checkpoint.get(RUN_RECORD_KEY) or {}).get("data", {}),
     }
-    # A data module argument left at None means "the model's published setting" (resnest_pl.models.eval_config).
-    crop_pct = data.get("crop_pct")
+    # A setting left at None means "the model's published one at the training crop", as in the data modules.
+    recorded = {
+        "eval_crop_size": data.get("eval_crop_size") or data.get("eval_crop"),
+        "crop_pct": data.get("crop_pct"),
+        "interpolation": data.get("interpolation"),
+    }
+    evaluation = resolve_eval_config(name, data.get("crop_size"), **recorded)
     return {
-        "mean": list(data.get("mean") or IMAGENET_MEAN),
-        "std": list(data.get("std") or IMAGENET_STD),
-        "eval_crop": int(data.get("eval_crop_size") or data.get("eval_crop") or variant.eval_crop),
-        "crop_pct": float(variant.crop_pct if crop_pct is None else crop_pct),
-        "interpolation": str(data.get("interpolation") or variant.interpolation),
+        "mean": list(data.get("mean") or evaluation["mean"]),
+        "std": list(data.get("std") or evaluation["std"]),
+        "eval_crop": int(evaluation["eval_crop_size"]),
+        "crop_pct": float(evaluation["crop_pct"]),
+        "interpolation": str(evaluation["interpolation"]),
     }
 
 
