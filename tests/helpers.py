@@ -234,7 +234,7 @@ def signal_at(step: int, name: str) -> list[str]:
 def run_cli_process(
     args: list[str], env: dict[str, str] | None = None, timeout: int = 600
 ) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "resnest_pl.cli", *args],
         capture_output=True,

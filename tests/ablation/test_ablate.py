@@ -401,7 +401,6 @@ class CountingLauncher:
 def test_real_grid_end_to_end_and_resume(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     grid = write_grid(tmp_path)
     folder = tmp_path / "out"
     assert run(["--config", str(grid)], capsys)[0] == 0
@@ -426,10 +425,7 @@ def test_real_grid_end_to_end_and_resume(
 
 
 @pytest.mark.slow
-def test_real_failing_cell_does_not_stop_the_other(
-    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+def test_real_failing_cell_does_not_stop_the_other(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     # A valid architecture that fails at runtime: one input channel for RGB images.
     grid = write_grid(tmp_path, grid={"in_chans": [3, 1]})
     code, _, err = run(["--config", str(grid)], capsys)
@@ -496,7 +492,6 @@ def test_sigterm_stops_the_running_fit_and_a_rerun_finishes_only_it(
     runner = subprocess.Popen(
         [sys.executable, "-m", "resnest_pl.ablation", "--config", str(grid)],
         cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -253,8 +253,8 @@ def test_gpu_presets_parse(preset: str, capsys) -> None:
 def fit_in_subprocess(args: list[str], timeout: float = 240) -> None:
     """``python -m resnest_pl.cli`` with ``args`` in its own process group, killed (the test failing) if it is still
     running after ``timeout`` s: a DDP rank waiting forever for the other must not block the test suite."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # run from ROOT, so `tests.helpers` imports in every rank
-    result = run_killable([sys.executable, "-m", "resnest_pl.cli", *args], timeout, cwd=ROOT, env=env)
+    # Run from ROOT, so that `tests.helpers` imports in every rank.
+    result = run_killable([sys.executable, "-m", "resnest_pl.cli", *args], timeout, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
 
 

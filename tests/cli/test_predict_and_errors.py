@@ -4,7 +4,6 @@ bad weights or checkpoints end in one ``error:`` line."""
 from __future__ import annotations
 
 import csv
-import os
 import sys
 import urllib.error
 from pathlib import Path
@@ -131,8 +130,8 @@ def test_ddp_predict_writes_one_csv_with_every_file_once(digits_checkpoint: Path
     args += ["--config", str(CONFIGS / "trainer/cpu-ddp.yaml"), "--ckpt_path", str(digits_checkpoint)]
     args += ["--data.predict_paths", str(images[0].parent), "--data.batch_size", "2", "--predictions", str(out)]
     args += rank_probe(tmp_path / "ranks")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # run from ROOT, so `tests.helpers` imports in every rank
-    result = run_killable(args, 300, cwd=ROOT, env=env)  # a rank waiting forever for the other fails the test
+    # Run from ROOT, so that `tests.helpers` imports in every rank.
+    result = run_killable(args, 300, cwd=ROOT)  # a rank waiting forever for the other fails the test
     assert result.returncode == 0, result.stderr[-3000:]
     first, second = rank_states(tmp_path / "ranks")  # two processes, of a world of two
     assert first["predicted"] and second["predicted"]  # each predicted a share (padded to equal lengths)

@@ -293,7 +293,6 @@ def test_torchrun_restarts_a_failed_worker_which_resumes_from_last(tmp_path: Pat
         text=True,
         timeout=600,
         cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "worker failure injected after step 4" in result.stderr

@@ -264,8 +264,7 @@ def cli_fit(shards: Path, root: Path, *extra: str) -> subprocess.CompletedProces
     args += ["--trainer.default_root_dir", str(root), "--trainer.max_epochs", "2", "--model.mixup_alpha", "0.2"]
     args += ["--data", "resnest_pl.data.ShardedDataModule", "--data.root", str(shards), "--data.crop_size", "32"]
     args += ["--data.eval_crop_size", "32", "--data.batch_size", "4", "--data.num_workers", "0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = run_killable([sys.executable, "-m", "resnest_pl.cli", *args, *extra], 240, cwd=ROOT, env=env)
+    result = run_killable([sys.executable, "-m", "resnest_pl.cli", *args, *extra], 240, cwd=ROOT)
     return result
 
 

@@ -3,7 +3,6 @@ except for the pruning test, which checks the default child-process trials."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -201,8 +200,7 @@ def test_a_trial_killed_outright_is_failed_by_its_stale_heartbeat_and_run_again(
     kill = ["--trainer.callbacks+=tests.interrupt.SignalAtStep", "--trainer.callbacks.step", "2"]
     kill += ["--trainer.callbacks.once_file", str(tmp_path / "killed")]  # the rerun's fit runs through
     command = tune_args(out, space, 1, fit=tuple(kill))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    killed = run_killable([sys.executable, "-m", "resnest_pl.tune", *command], 300, cwd=ROOT, env=env)
+    killed = run_killable([sys.executable, "-m", "resnest_pl.tune", *command], 300, cwd=ROOT)
     assert killed.returncode == -9, killed.stderr[-3000:]
     (interrupted,) = load(out).trials
     assert interrupted.state == TrialState.RUNNING
